@@ -1,0 +1,26 @@
+"""The `mlfs` command line: click commands only (parse, call, print, exit codes).
+
+Each command group lives in its own module and is registered here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mlfs import __version__
+from mlfs.cli.common import run_command
+from mlfs.cli.generate import generate
+from mlfs.cli.mount import mount, unmount
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlfs")
+def main() -> None:
+    """Mount ML artifacts from S3 as lazy, verified, read-only files."""
+
+
+main.add_command(generate)
+main.add_command(mount)
+main.add_command(unmount)
+
+__all__ = ["main", "run_command"]

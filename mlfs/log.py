@@ -1,0 +1,35 @@
+"""Logging setup: human-readable lines, or JSON lines for log collectors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+
+class JsonLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def configure(level: int = logging.WARNING, json_lines: bool = False, stream=None) -> None:
+    handler = logging.StreamHandler(stream)
+    if json_lines:
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # botocore is chatty at INFO/DEBUG and says nothing a user of mlfs needs.
+    logging.getLogger("botocore").setLevel(max(level, logging.WARNING))
+    logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))

@@ -1,0 +1,68 @@
+"""Build boto3 S3 clients the way AWS tools do.
+
+Endpoint, credentials, profile and region come from the standard chain
+(`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, `AWS_PROFILE`, `AWS_REGION`,
+`AWS_MAX_ATTEMPTS`, shared config files, instance roles); explicit settings override.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.config
+
+from mlfs.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_pool: int = 16
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+def make_client(settings: S3Settings) -> Any:
+    endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
+        "AWS_ENDPOINT_URL"
+    )
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"endpoint URL {endpoint!r} must start with http:// or https://")
+    config = botocore.config.Config(
+        max_pool_connections=settings.max_pool,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        # mlfs retries whole chunk fetches itself (also on resets mid-body, which
+        # botocore cannot retry); keep botocore's own retries for the small calls.
+        retries={"mode": "standard"},
+        # Custom endpoints (SeaweedFS, MinIO, the embedded gateway) rarely have
+        # wildcard DNS for virtual-hosted buckets.
+        s3={"addressing_style": "path"} if endpoint else {},
+        # Checksums on every response cost CPU and are redundant: mlfs verifies SHA-256.
+        response_checksum_validation="when_required",
+        request_checksum_calculation="when_required",
+    )
+    try:
+        session = boto3.session.Session(profile_name=settings.profile)
+    except Exception as exc:  # botocore raises ProfileNotFound and friends
+        raise ConfigError(f"AWS configuration: {exc}") from None
+    return session.client(
+        "s3",
+        endpoint_url=endpoint or None,
+        region_name=settings.region or session.region_name or "us-east-1",
+        config=config,
+    )
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` → (bucket, prefix)."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ConfigError(f"{url!r} is not an s3://bucket/prefix URL")
+    return parts.netloc, parts.path.lstrip("/")

@@ -1,0 +1,29 @@
+"""Shared fixtures: real S3 servers, and a check that no unexpected warnings were logged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import S3Server, start_seaweedfs
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def fail_on_warnings(caplog: pytest.LogCaptureFixture, request: pytest.FixtureRequest) -> Iterator[None]:
+    """A WARNING logged in-process fails the test unless it is marked `expect_warnings`."""
+    yield
+    if request.node.get_closest_marker("expect_warnings"):
+        return
+    bad = [r for r in caplog.get_records("call") if r.levelno >= logging.WARNING and r.name.startswith("mlfs")]
+    assert not bad, "unexpected warnings: " + "; ".join(r.getMessage() for r in bad)
