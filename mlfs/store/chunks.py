@@ -48,7 +48,8 @@ class StoreStatistics:
 
 class ChunkStore:
     def __init__(self, root: str | os.PathLike[str], budget: int | None = None) -> None:
-        self.root = Path(root)
+        # Absolute: a daemonised mount changes its working directory to /.
+        self.root = Path(root).absolute()
         self.budget = budget
         self.chunk_dir = self.root / "chunks"
         self.tmp_dir = self.root / "tmp"

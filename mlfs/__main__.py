@@ -1,0 +1,4 @@
+from mlfs.cli import main
+
+if __name__ == "__main__":
+    main()

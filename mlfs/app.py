@@ -1,0 +1,88 @@
+"""Wiring: configuration → objects. The only place that builds everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from mlfs.config import MountOptions
+from mlfs.errors import MountError
+from mlfs.manifest.validate import load_manifest
+from mlfs.s3.client import S3Settings, make_client
+from mlfs.store.chunks import ChunkStore
+
+log = logging.getLogger(__name__)
+
+
+def s3_settings(opts: MountOptions) -> S3Settings:
+    return S3Settings(
+        endpoint_url=opts.endpoint_url,
+        region=opts.region,
+        profile=opts.profile,
+        max_pool=opts.max_threads + 4,
+    )
+
+
+def mount_artifact(
+    manifest_path: str | Path,
+    mountpoint: str | Path,
+    opts: MountOptions,
+    foreground: bool,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Validate everything that can be validated, then mount (daemonising unless foreground).
+
+    Every check that can fail on user input runs before the fork, so errors are printed
+    by the process the user started and nothing is mounted.
+    """
+    from mlfs.daemon import daemonize
+    from mlfs.fuse.mountpoints import check_mountpoint
+    from mlfs.fuse.session import MountSession, SessionSettings
+    from mlfs.log import configure
+
+    opts.validate()
+    manifest = load_manifest(manifest_path)
+    path, cleaned = check_mountpoint(mountpoint)
+    if cleaned:
+        say(f"mlfs: cleaned a stale mount left at {path} by a process that died")
+    opts.cache = opts.cache.absolute()
+    if opts.log_file is not None:
+        opts.log_file = opts.log_file.absolute()
+    store = ChunkStore(opts.cache, opts.cache_size)
+    settings = SessionSettings(
+        mountpoint=path,
+        uid=opts.uid,
+        gid=opts.gid,
+        allow_other=opts.allow_other,
+        max_threads=opts.max_threads,
+        read_ahead_max=opts.read_ahead_max,
+        wait_prefetch=opts.wait_prefetch,
+    )
+    if foreground:
+        def report(error: str | None) -> None:
+            if error is None:
+                say(f"mlfs: mounted {manifest.name or manifest_path} at {path} (Ctrl-C to unmount)")
+    else:
+        log_file = opts.log_file or (opts.cache / "mount.log")
+        report = daemonize(log_file)
+        configure(logging.INFO, json_lines=False)
+    # The S3 client is created after the fork: boto3 sessions and their connection
+    # pools must not cross a fork.
+    client = make_client(s3_settings(opts))
+    session = MountSession(manifest, store, client, settings)
+    try:
+        session.run(report)
+    except MountError as exc:
+        report(str(exc))
+        raise
+    except BaseException as exc:
+        report(f"mount failed: {exc}")
+        raise
+
+
+def unmount(mountpoint: str | Path) -> str:
+    from mlfs.fuse.mountpoints import unmount as do_unmount
+
+    return do_unmount(mountpoint)
+

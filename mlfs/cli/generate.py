@@ -1,0 +1,112 @@
+"""`mlfs generate`: build a manifest from S3, a local mirror, or an MLArtifactFS manifest."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlfs.cli.common import run_command, setup_logging
+
+
+def _with_progress(total: int, quiet: bool, work, counter) -> Any:
+    """Run `work()` in a thread while a progress bar on stderr follows `counter`."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = work()
+        except BaseException as exc:  # re-raised on the main thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    if quiet:
+        thread.join()
+    else:
+        with click.progressbar(length=max(total, 1), label="hashing", file=sys.stderr, show_pos=False,
+                               show_percent=True, show_eta=True) as bar:
+            seen = 0
+            while thread.is_alive():
+                thread.join(0.2)
+                now = counter.total
+                bar.update(now - seen)
+                seen = now
+            bar.update(max(total, 1) - seen)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+@click.command()
+@click.argument("s3_url", required=False, metavar="[s3://BUCKET/PREFIX/]")
+@click.option("-o", "--output", help="Write the manifest here (default: stdout).")
+@click.option("--local", "local_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Hash this local mirror of the prefix instead of downloading (checked against S3 HEAD).")
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Convert an MLArtifactFS-style manifest (reads each object once for chunk digests).")
+@click.option("--name", help="Artifact name [second-to-last prefix component].")
+@click.option("--version", "version_", help="Artifact version [last prefix component].")
+@click.option("--chunk-size", default="16M", show_default=True, help="Chunk size.")
+@click.option("--prefetch", multiple=True, help="Glob of files to fetch at mount (repeatable) [*.json, *.txt, ...].")
+@click.option("--no-prefetch", is_flag=True, help="Prefetch nothing at mount.")
+@click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
+@click.option("--region", help="S3 region [$AWS_REGION].")
+@click.option("--profile", help="AWS profile [$AWS_PROFILE].")
+@click.option("--workers", default=8, show_default=True, help="Objects read in parallel.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", count=True)
+def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, prefetch, no_prefetch,
+             endpoint_url, region, profile, workers, quiet, verbose) -> None:
+    """Build a manifest of an artifact: every file, its size and its SHA-256 digests."""
+    setup_logging(verbose)
+
+    def body() -> None:
+        from mlfs.config import parse_size
+        from mlfs.errors import ConfigError
+        from mlfs.manifest import generate as gen
+        from mlfs.s3.client import S3Settings, make_client, split_s3_url
+
+        size = parse_size(chunk_size, "--chunk-size")
+        client = make_client(S3Settings(endpoint_url=endpoint_url, region=region, profile=profile,
+                                        max_pool=max(10, workers + 2)))
+        counter = gen.ByteCounter()
+        links = []
+        meta: dict[str, Any] = {}
+        if from_file is not None:
+            if s3_url or local_dir:
+                raise ConfigError("--from takes no s3:// URL and no --local")
+            refs, meta = gen.refs_from_artifactfs(gen.read_json_file(from_file), str(from_file))
+            files = _with_progress(sum(r.size for r in refs), quiet,
+                                   lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
+            default_name, default_version = meta["name"], meta["version"]
+        else:
+            if not s3_url:
+                raise ConfigError("give an s3://BUCKET/PREFIX/ URL (or --from FILE)")
+            bucket, prefix = split_s3_url(s3_url)
+            default_name, default_version = gen.name_version_from_prefix(prefix)
+            if local_dir is not None:
+                total = sum(p.stat().st_size for p in local_dir.rglob("*") if p.is_file() and not p.is_symlink()) \
+                    if local_dir.is_dir() else 0
+                files, links = _with_progress(
+                    total, quiet,
+                    lambda: gen.entries_from_local(client, local_dir, bucket, prefix, size, workers, counter),
+                    counter)
+            else:
+                refs = gen.refs_from_s3(client, bucket, prefix)
+                files = _with_progress(sum(r.size for r in refs), quiet,
+                                       lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
+        globs = [] if no_prefetch else (list(prefetch) or meta.get("prefetch") or None)
+        manifest = gen.build_manifest(
+            name or default_name, version_ or default_version, files, links, globs, size,
+            meta.get("metadata"),
+        )
+        gen.write_manifest(manifest, output)
+        if output not in (None, "-"):
+            click.echo(f"mlfs: wrote {output}: {len(manifest.files)} files, "
+                       f"{manifest.total_size / 1e6:.1f} MB", err=True)
+
+    run_command(body)

@@ -1,0 +1,76 @@
+"""`mlfs mount` and `mlfs unmount`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mlfs.cli.common import run_command, setup_logging
+from mlfs.config import MountOptions, parse_o_options, parse_size
+
+
+@click.command()
+@click.argument("paths", nargs=-1, metavar="[MANIFEST] MOUNTPOINT")
+@click.option("--manifest", "manifest_opt", help="Manifest file (alternative to the positional MANIFEST).")
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground; Ctrl-C unmounts.")
+@click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Chunk store directory [$MLFS_CACHE or ~/.cache/mlfs].")
+@click.option("--cache-size", help="Chunk store budget, e.g. 20G (LRU eviction); default keeps 5% of the disk free.")
+@click.option("--allow-other", is_flag=True, default=None, help="Let other users access the mount.")
+@click.option("--uid", type=int, help="Owner uid of all files [current user].")
+@click.option("--gid", type=int, help="Owner gid of all files [current group].")
+@click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
+@click.option("--region", help="S3 region [$AWS_REGION].")
+@click.option("--profile", help="AWS profile [$AWS_PROFILE].")
+@click.option("--max-threads", type=int, help="Concurrent S3 range GETs [16].")
+@click.option("--read-ahead-max", type=int, help="Chunks fetched ahead of a sequential reader [8].")
+@click.option("--wait-prefetch", is_flag=True, default=None, help="Return only after prefetched files are local.")
+@click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log [CACHE/mount.log].")
+@click.option("-o", "options", multiple=True, metavar="KEY=VALUE[,...]", help="Any flag above as a mount option.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def mount(paths, manifest_opt, foreground, cache, cache_size, allow_other, uid, gid,
+          endpoint_url, region, profile, max_threads, read_ahead_max, wait_prefetch, log_file, options,
+          verbose) -> None:
+    """Mount MANIFEST read-only at MOUNTPOINT; bytes are fetched lazily and verified."""
+    setup_logging(verbose)
+
+    def body() -> None:
+        from mlfs.app import mount_artifact
+        from mlfs.errors import ConfigError
+
+        if len(paths) == 2 and not manifest_opt:
+            manifest, mountpoint = paths
+        elif len(paths) == 1 and manifest_opt:
+            manifest, mountpoint = manifest_opt, paths[0]
+        elif len(paths) == 2:
+            raise ConfigError("give the manifest once: positionally or with --manifest")
+        else:
+            raise ConfigError("usage: mlfs mount [--manifest] MANIFEST MOUNTPOINT")
+        opts = MountOptions()
+        parse_o_options(options, opts)
+        # Explicit flags win over -o options.
+        flags = {
+            "cache": cache, "cache_size": parse_size(cache_size, "--cache-size") if cache_size else None,
+            "allow_other": allow_other, "uid": uid, "gid": gid, "endpoint_url": endpoint_url,
+            "region": region, "profile": profile, "max_threads": max_threads,
+            "read_ahead_max": read_ahead_max, "wait_prefetch": wait_prefetch, "log_file": log_file,
+        }
+        for key, value in flags.items():
+            if value is not None:
+                setattr(opts, key, value)
+        mount_artifact(manifest, mountpoint, opts, foreground, say=lambda m: click.echo(m, err=True))
+
+    run_command(body)
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+def unmount(mountpoint: Path) -> None:
+    """Unmount an mlfs mount; also cleans a stale mount left by a killed daemon."""
+
+    def body() -> None:
+        from mlfs.app import unmount as do_unmount
+
+        click.echo(f"mlfs: {do_unmount(mountpoint)}", err=True)
+
+    run_command(body)

@@ -1,0 +1,108 @@
+"""mlfs's own settings: mount flags, `-o key=value` options and `MLFS_*` variables.
+
+S3 settings (endpoint, credentials, region, retries) follow the AWS conventions and are
+resolved by `mlfs.s3.client`; this module only carries explicit overrides through.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mlfs.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def parse_size(text: str | int, what: str = "size") -> int:
+    """'512M', '10GiB', '1.5g', '4096' → bytes (binary units, as disk caches use)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(f"{what}: {text!r} is not a size (examples: 4096, 512M, 10GiB)")
+    return int(float(m.group(1)) * 1024 ** _UNITS[m.group(2).lower()])
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("MLFS_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlfs"
+
+
+@dataclass
+class MountOptions:
+    cache: Path = field(default_factory=default_cache_dir)
+    cache_size: int | None = None
+    allow_other: bool = False
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    max_threads: int = 16
+    read_ahead_max: int = 8  # chunks in flight ahead of a sequential reader
+    wait_prefetch: bool = False
+    log_file: Path | None = None
+
+    def apply(self, key: str, value: str | None) -> None:
+        """Set one option from `-o key=value` (dashes and underscores are equivalent)."""
+        name = key.replace("-", "_")
+        known = {f.name for f in fields(self)}
+        if name not in known:
+            raise ConfigError(f"unknown mount option {key!r} (known: {', '.join(sorted(known))})")
+        current = getattr(self, name)
+        setattr(self, name, _coerce(name, value, current))
+
+    def validate(self) -> None:
+        if not 1 <= self.max_threads <= 256:
+            raise ConfigError("max-threads must be between 1 and 256")
+        if not 0 <= self.read_ahead_max <= 64:
+            raise ConfigError("read-ahead-max must be between 0 and 64 chunks")
+        if self.cache_size is not None and self.cache_size < 64 * 1024 * 1024:
+            raise ConfigError("cache-size must be at least 64M")
+
+
+def _coerce(name: str, value: str | None, current: Any) -> Any:
+    if name in ("allow_other", "wait_prefetch"):
+        if value is None or value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"option {name}: {value!r} is not a boolean")
+    if value is None:
+        raise ConfigError(f"option {name} needs a value ({name}=...)")
+    if name == "cache_size":
+        return parse_size(value, "cache-size")
+    if name in ("cache", "log_file"):
+        return Path(value)
+    if name in ("uid", "gid", "max_threads", "read_ahead_max"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"option {name}: {value!r} is not an integer") from None
+    return value
+
+
+# FUSE/mount(8) options that make sense for any read-only mount; accepted and ignored
+# so that fstab-style option strings work.
+IGNORED_OPTIONS = {"ro", "rw", "defaults", "nodev", "nosuid", "noexec", "noatime", "auto", "noauto", "_netdev", "user", "users"}
+
+
+def parse_o_options(opts: tuple[str, ...] | list[str], into: MountOptions) -> None:
+    for group in opts:
+        for item in group.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if key in IGNORED_OPTIONS:
+                if key == "rw":
+                    raise ConfigError("mlfs mounts are read-only; option 'rw' is not supported")
+                continue
+            into.apply(key, value if sep else None)

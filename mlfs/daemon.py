@@ -1,0 +1,58 @@
+"""Detach from the terminal once the mount is live, reporting mount errors back to it.
+
+The parent waits on a pipe: the child writes "ok" when the filesystem is mounted or
+"error: <message>" when it failed, so the user sees mount errors on their terminal and
+`mlfs mount` exits non-zero without leaving anything mounted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def daemonize(log_path: Path) -> Callable[[str | None], None]:
+    """Fork; the parent exits with the child's verdict, the child gets a `report` callback."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        chunks = []
+        while data := os.read(read_fd, 4096):
+            chunks.append(data)
+        message = b"".join(chunks).decode(errors="replace").strip()
+        if message == "ok":
+            os._exit(0)
+        if message.startswith("error: "):
+            print(f"mlfs: {message[7:]}", file=sys.stderr)
+        else:
+            print(f"mlfs: the mount process exited before the mount was ready; see {log_path}", file=sys.stderr)
+        os._exit(1)
+
+    os.close(read_fd)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(devnull)
+    os.close(log_fd)
+    os.chdir("/")
+    reported = False
+
+    def report(error: str | None) -> None:
+        nonlocal reported
+        if reported:
+            return
+        reported = True
+        line = "ok" if error is None else f"error: {error}"
+        os.write(write_fd, line.encode() + b"\n")
+        os.close(write_fd)
+
+    return report

@@ -1,0 +1,158 @@
+"""pyfuse3 operations: thin translation from FUSE requests to the inode table and reader."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import time
+from typing import Any
+
+import pyfuse3
+
+from mlfs.fuse.errmap import fuse_handler
+from mlfs.fuse.inodes import InodeTable, Node
+from mlfs.reader import ArtifactReader, OpenFile
+
+# The artifact is immutable while mounted, so the kernel may cache names and attributes
+# for as long as it likes; a day is "forever" without risking overflow anywhere.
+CACHE_TIMEOUT = 86400.0
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+async def _erofs(*_args: Any, **_kw: Any) -> Any:
+    raise pyfuse3.FUSEError(errno.EROFS)
+
+
+class MlfsOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, table: InodeTable, reader: ArtifactReader, uid: int, gid: int) -> None:
+        super().__init__()
+        self.table = table
+        self.reader = reader
+        self.uid = uid
+        self.gid = gid
+        self.mount_time_ns = time.time_ns()
+        self._handles: dict[int, OpenFile] = {}
+        self._next_fh = itertools.count(1)
+        self.on_open: Any = None  # optional hook(entry, OpenFile, ctx) for the policy engine
+
+    # ---------------------------------------------------------------- helpers
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.inode
+        a.generation = 0
+        a.entry_timeout = CACHE_TIMEOUT
+        a.attr_timeout = CACHE_TIMEOUT
+        a.st_mode = node.mode
+        a.st_nlink = 2 + sum(1 for c in node.children.values() if self.table[c].is_dir) if node.is_dir else 1
+        a.st_uid = self.uid
+        a.st_gid = self.gid
+        a.st_size = node.size
+        a.st_blksize = 1 << 20
+        a.st_blocks = (node.size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.mount_time_ns
+        return a
+
+    def _node(self, inode: int) -> Node:
+        node = self.table.get(inode)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    # ------------------------------------------------------------- namespace
+    @fuse_handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if name == b".":
+            return self._attrs(parent)
+        if name == b"..":
+            return self._attrs(self._node(parent.parent))
+        child = parent.children.get(name)
+        if child is None:
+            # st_ino 0 = a cacheable negative entry: repeated probes for missing files
+            # (Python imports, HF config lookups) stop reaching us.
+            neg = pyfuse3.EntryAttributes()
+            neg.st_ino = 0
+            neg.entry_timeout = CACHE_TIMEOUT
+            return neg
+        return self._attrs(self.table[child])
+
+    @fuse_handler
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._node(inode))
+
+    @fuse_handler
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        node = self._node(inode)
+        if node.target is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @fuse_handler
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        if not self._node(inode).is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @fuse_handler
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        node = self._node(fh)
+        for pos in range(start_id, len(node.child_order)):
+            child = self.table[node.child_order[pos]]
+            if not pyfuse3.readdir_reply(token, child.name, self._attrs(child), pos + 1):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    @fuse_handler
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = (self.table.total_size + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.table.nodes)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
+
+    # ------------------------------------------------------------------ files
+    @fuse_handler
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if node.entry is None:
+            raise pyfuse3.FUSEError(errno.EISDIR if node.is_dir else errno.EINVAL)
+        if flags & _WRITE_FLAGS:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        handle = self.reader.open(node.entry)
+        if self.on_open is not None:
+            self.on_open(node.entry, handle, ctx)
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        # keep_cache: the file never changes while mounted, so pages read once stay
+        # valid across opens and warm reads never enter this process.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @fuse_handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles.get(fh)
+        if handle is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return await handle.read(off, size)
+
+    async def release(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # A read-only filesystem: every mutating request answers EROFS.
+    setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
+    create = write = setxattr = removexattr = _erofs
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    def statistics(self) -> dict[str, int]:
+        return {"open_files": len(self._handles), "inodes": len(self.table.nodes)}

@@ -1,0 +1,28 @@
+"""Embedded S3 gateway (`mlfs serve`).
+
+Objects are split into fixed 16 MiB chunks kept in the shared content-addressed
+chunk store under `DATA/store` (open it with `ChunkStore(DATA / "store")`); object
+metadata, chunk lists and whole-object SHA-256s live in SQLite at `DATA/meta.sqlite3`.
+A mount using the same store therefore reads gateway objects without any GET, and
+`GET /{bucket}?mlfs-manifest&prefix=P` hands out an mlfs manifest without re-hashing.
+
+Modules, one concern each:
+    errors      S3 error codes and their XML form
+    names       bucket and key validation
+    catalog     SQLite metadata (buckets, objects, uploads, chunk references)
+    objects     object bytes ⇄ chunks: writing, ranged reading, freeing chunks
+    access      users, credentials file, per-bucket permissions
+    sigv4       SigV4 header and presigned-URL verification (botocore's maths)
+    chunked     `aws-chunked` body decoding with chunk-signature checks
+    body        request-body streams (plain / aws-chunked) with length and hash checks
+    xmlout      S3 XML response documents
+    http        the ASGI request/response plumbing
+    handlers    S3 operations
+    app         routing and authorisation: request → handler
+    upstream    optional cache-through from an upstream S3
+    server      hypercorn on trio: listen, log readiness, stop on SIGTERM
+"""
+
+from mlfs.gateway.server import GatewayConfig, serve_forever
+
+__all__ = ["GatewayConfig", "serve_forever"]

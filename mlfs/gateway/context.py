@@ -1,0 +1,50 @@
+"""The gateway's shared state for one process: storage, access policy, worker threads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from mlfs.gateway.access import AccessPolicy
+from mlfs.gateway.catalog import ObjectRecord
+from mlfs.gateway.objects import ObjectStore
+
+if TYPE_CHECKING:
+    from mlfs.gateway.upstream import Upstream
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_HASH_QUEUE = 10_000
+
+
+class Gateway:
+    def __init__(self, objects: ObjectStore, policy: AccessPolicy, threads: int = 16) -> None:
+        self.objects = objects
+        self.policy = policy
+        self.limiter = trio.CapacityLimiter(threads)
+        self.upstream: Upstream | None = None
+        # Multipart objects whose parts were chunk-aligned get their whole-object
+        # SHA-256 computed here, after the client has its answer.
+        self._hash_send, self._hash_receive = trio.open_memory_channel[ObjectRecord](_HASH_QUEUE)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def hash_later(self, rec: ObjectRecord) -> None:
+        # If the queue is full, the next start's sweep or the manifest endpoint hashes it.
+        with contextlib.suppress(trio.WouldBlock):
+            self._hash_send.send_nowait(rec)
+
+    async def hash_worker(self) -> None:
+        """Fill in missing whole-object SHA-256s, one object at a time."""
+        for rec in await self.run(self.objects.catalog.objects_missing_sha256, _HASH_QUEUE):
+            self.hash_later(rec)
+        async for rec in self._hash_receive:
+            try:
+                await self.run(self.objects.whole_sha256, rec)
+            except Exception as exc:  # the object may have been deleted or replaced meanwhile
+                log.debug("hashing s3://%s/%s skipped: %s", rec.bucket, rec.key, exc)

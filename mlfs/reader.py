@@ -1,0 +1,154 @@
+"""Open artifact file → verified bytes. Knows nothing of FUSE.
+
+`ArtifactReader` owns the per-artifact read path: which chunks cover a byte range,
+fetching them (through `ChunkFetcher`, verified), read-ahead for sequential readers and
+prefetch. The FUSE adapter, the gateway and other consumers all read through it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from mlfs.errors import MlfsError
+from mlfs.fetch.fetcher import ChunkFetcher
+from mlfs.manifest.model import FileEntry, Manifest
+from mlfs.store.chunks import ChunkStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadAheadSettings:
+    """Window in chunks: starts at `start`, doubles per sequential read up to `max`."""
+
+    start: int = 1
+    max: int = 8
+
+
+class OpenFile:
+    """One open handle: tracks its access pattern and drives read-ahead."""
+
+    def __init__(self, reader: ArtifactReader, entry: FileEntry, settings: ReadAheadSettings) -> None:
+        self.reader = reader
+        self.entry = entry
+        self.settings = settings
+        self.window = 0  # 0 until the reader proves sequential
+        self.next_offset = 0
+        self.sequential_reads = 0
+        self.bytes_read = 0
+        self._ahead_until = 0  # chunks below this index have been scheduled
+
+    async def read(self, offset: int, size: int) -> bytes:
+        self._observe(offset)
+        data = await self.reader.read_range(self.entry, offset, size)
+        self.next_offset = offset + len(data)
+        self.bytes_read += len(data)
+        if self.window:
+            self._schedule_read_ahead(offset + len(data))
+        return data
+
+    def _observe(self, offset: int) -> None:
+        # The kernel may issue neighbouring reads slightly out of order; treat reads
+        # that land within one chunk of the expected offset as sequential.
+        chunk = self.reader.chunk_size
+        if self.bytes_read and abs(offset - self.next_offset) <= chunk:
+            self.sequential_reads += 1
+            if self.window == 0:
+                self.window = self.settings.start
+            elif self.sequential_reads % 4 == 0:
+                self.window = min(self.settings.max, self.window * 2)
+        elif offset == 0 and not self.bytes_read:
+            # Reading from the start is the usual first step of a sequential scan.
+            self.window = self.settings.start
+        else:
+            self.window = 0
+            self.sequential_reads = 0
+            self._ahead_until = 0
+
+    def _schedule_read_ahead(self, position: int) -> None:
+        chunk = self.reader.chunk_size
+        first = position // chunk + 1
+        last = min(len(self.entry.chunks), first + self.window)
+        begin = max(first, self._ahead_until)
+        for index in range(begin, last):
+            self.reader.fetch_in_background(self.entry, index)
+        self._ahead_until = max(self._ahead_until, last)
+
+
+class ArtifactReader:
+    def __init__(
+        self,
+        manifest: Manifest,
+        store: ChunkStore,
+        fetcher: ChunkFetcher,
+        nursery: trio.Nursery,
+        read_ahead: ReadAheadSettings | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.store = store
+        self.fetcher = fetcher
+        self.chunk_size = manifest.chunk_size
+        self.nursery = nursery
+        self.read_ahead = read_ahead or ReadAheadSettings()
+
+    def open(self, entry: FileEntry) -> OpenFile:
+        return OpenFile(self, entry, self.read_ahead)
+
+    async def read_range(self, entry: FileEntry, offset: int, size: int) -> bytes:
+        end = min(offset + size, entry.size)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        if first == last:
+            digest = await self.fetcher.ensure(entry, first)
+            # A page-cache-hot pread of at most a few MiB is faster inline than the
+            # round trip to a worker thread.
+            return self.store.pread(digest, offset - first * cs, end - offset)
+        # Start every covered chunk at once, then stitch the pieces in order.
+        for i in range(first + 1, last + 1):
+            self.fetch_in_background(entry, i)
+        parts = []
+        for i in range(first, last + 1):
+            digest = await self.fetcher.ensure(entry, i)
+            lo = max(offset, i * cs) - i * cs
+            hi = min(end, (i + 1) * cs) - i * cs
+            parts.append(self.store.pread(digest, lo, hi - lo))
+        return b"".join(parts)
+
+    def fetch_in_background(self, entry: FileEntry, index: int) -> None:
+        digest = entry.chunks[index]
+        if self.fetcher.is_ready(digest) or self.fetcher.is_in_flight(digest):
+            return
+        self.nursery.start_soon(self._fetch_quietly, entry, index)
+
+    async def _fetch_quietly(self, entry: FileEntry, index: int) -> None:
+        # Background fetches must never take the mount down; the foreground read of
+        # the same chunk reports the error to the reader that needs it.
+        try:
+            await self.fetcher.ensure(entry, index)
+        except MlfsError as exc:
+            log.debug("background fetch of %s chunk %d failed: %s", entry.path, index, exc)
+        except Exception:
+            log.exception("background fetch of %s chunk %d failed unexpectedly", entry.path, index)
+
+    def prefetch_entries(self) -> list[FileEntry]:
+        """Files named by the manifest's prefetch globs (matched on path and basename)."""
+        globs = self.manifest.prefetch
+        out = []
+        for entry in self.manifest.files:
+            base = entry.path.rsplit("/", 1)[-1]
+            if any(fnmatch.fnmatchcase(entry.path, g) or fnmatch.fnmatchcase(base, g) for g in globs):
+                out.append(entry)
+        return out
+
+    async def prefetch(self, entries: list[FileEntry]) -> None:
+        """Fetch every chunk of `entries`, concurrently within the fetch limiter."""
+        async with trio.open_nursery() as n:
+            for entry in entries:
+                for index in range(len(entry.chunks)):
+                    n.start_soon(self._fetch_quietly, entry, index)
