@@ -122,6 +122,8 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
         f"-metricsPort={ports['metrics']}", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+        # Side services with fixed default ports would collide between parallel servers.
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
     ]
     log_path = workdir / "weed.log"
     proc = subprocess.Popen(
