@@ -550,10 +550,10 @@ def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
         end = int(last) + 1 if last else size
     except ValueError:
         return None
-    if start < 0 or end <= start:
-        return None if end <= start and last else None
     if start >= size:
         raise _unsatisfiable(size)
+    if end <= start:
+        return None  # malformed ("bytes=9-3"): S3 sends the whole object
     return start, min(end, size)
 
 
