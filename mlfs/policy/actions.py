@@ -78,74 +78,74 @@ def action_json(action: Action) -> Any:
     return asdict(action)
 
 
-def _prefetch(report: Report, node: yaml.Node) -> Prefetch | None:
-    keys = yamlsrc.mapping(report, node, "prefetch", ("when", "what", "bytes"), required=("when",))
+def _prefetch(report: Report, node: yaml.Node, where: str) -> Prefetch | None:
+    keys = yamlsrc.mapping(report, node, f"{where} prefetch", ("when", "what", "bytes"), required=("when",))
     if keys is None or "when" not in keys:
         return None
-    when = yamlsrc.string(report, keys["when"][1], "prefetch.when", ("mount", "open", "never"))
+    when = yamlsrc.string(report, keys["when"][1], f"{where} prefetch.when", ("mount", "open", "never"))
     what = "whole"
     if "what" in keys:
-        what = yamlsrc.string(report, keys["what"][1], "prefetch.what", ("whole", "head", "safetensors"))
+        what = yamlsrc.string(report, keys["what"][1], f"{where} prefetch.what", ("whole", "head", "safetensors"))
     nbytes = None
     if "bytes" in keys:
         value_node = keys["bytes"][1]
         try:
             nbytes = parse_size(yamlsrc.scalar(value_node))
         except ValueError as exc:
-            report.add(value_node, f"prefetch.bytes: {exc}")
+            report.add(value_node, f"{where} prefetch.bytes: {exc}")
             return None
         if nbytes <= 0:
-            report.add(value_node, "prefetch.bytes: must be more than 0")
+            report.add(value_node, f"{where} prefetch.bytes: must be more than 0")
             return None
         if what != "head":
-            report.add(keys["bytes"][0], "prefetch.bytes: only applies with 'what: head'")
+            report.add(keys["bytes"][0], f"{where} prefetch.bytes: only applies with 'what: head'")
             return None
     elif what == "head":
-        report.add(node, "prefetch: 'what: head' needs 'bytes' (how much of the start to fetch)")
+        report.add(node, f"{where} prefetch: 'what: head' needs 'bytes' (how much of the start to fetch)")
         return None
     if when is None or what is None:
         return None
     return Prefetch(when=None if when == "never" else when, what=what, bytes=nbytes)
 
 
-def _stream(report: Report, node: yaml.Node) -> Stream | None:
-    keys = yamlsrc.mapping(report, node, "stream", ("window_start", "window_max", "parallel", "drop_behind"))
+def _stream(report: Report, node: yaml.Node, where: str) -> Stream | None:
+    keys = yamlsrc.mapping(report, node, f"{where} stream", ("window_start", "window_max", "parallel", "drop_behind"))
     if keys is None:
         return None
     values: dict[str, Any] = {}
     for name in ("window_start", "window_max"):
         if name in keys:
-            values[name] = yamlsrc.integer(report, keys[name][1], f"stream.{name} (chunks)", 1, MAX_WINDOW_CHUNKS)
+            values[name] = yamlsrc.integer(report, keys[name][1], f"{where} stream.{name} (chunks)", 1, MAX_WINDOW_CHUNKS)
     if "parallel" in keys:
-        values["parallel"] = yamlsrc.integer(report, keys["parallel"][1], "stream.parallel", 1, MAX_PARALLEL)
+        values["parallel"] = yamlsrc.integer(report, keys["parallel"][1], f"{where} stream.parallel", 1, MAX_PARALLEL)
     if "drop_behind" in keys:
-        values["drop_behind"] = yamlsrc.boolean(report, keys["drop_behind"][1], "stream.drop_behind")
+        values["drop_behind"] = yamlsrc.boolean(report, keys["drop_behind"][1], f"{where} stream.drop_behind")
     if any(v is None for v in values.values()):
         return None
     stream = Stream(**values)
     if stream.window_start > stream.window_max:
-        report.add(node, f"stream: window_start ({stream.window_start}) is above window_max ({stream.window_max})")
+        report.add(node, f"{where} stream: window_start ({stream.window_start}) is above window_max ({stream.window_max})")
         return None
     return stream
 
 
-def _pin(report: Report, node: yaml.Node) -> Pin | None:
-    value = yamlsrc.boolean(report, node, "pin")
+def _pin(report: Report, node: yaml.Node, where: str) -> Pin | None:
+    value = yamlsrc.boolean(report, node, f"{where} pin")
     return None if value is None else Pin(value)
 
 
-def _cache(report: Report, node: yaml.Node) -> Cache | None:
-    value = yamlsrc.string(report, node, "cache", CACHE_PRIORITIES)
+def _cache(report: Report, node: yaml.Node, where: str) -> Cache | None:
+    value = yamlsrc.string(report, node, f"{where} cache", CACHE_PRIORITIES)
     return None if value is None else Cache(value)
 
 
-def _prioritize(report: Report, node: yaml.Node) -> Prioritize | None:
-    value = yamlsrc.integer(report, node, "prioritize", -100, 100)
+def _prioritize(report: Report, node: yaml.Node, where: str) -> Prioritize | None:
+    value = yamlsrc.integer(report, node, f"{where} prioritize", -100, 100)
     return None if value is None else Prioritize(value)
 
 
 # The order here is the order actions are shown in; it does not affect decisions.
-ACTIONS: dict[str, Callable[[Report, yaml.Node], Action | None]] = {
+ACTIONS: dict[str, Callable[[Report, yaml.Node, str], Action | None]] = {
     "prefetch": _prefetch,
     "stream": _stream,
     "pin": _pin,

@@ -254,7 +254,7 @@ class _Parser:
             return {}
         out: dict[str, Action] = {}
         for name, (_key_node, value_node) in keys.items():
-            action = ACTIONS[name](self.report, value_node)
+            action = ACTIONS[name](self.report, value_node, what)
             if action is not None:
                 out[name] = action
         pin, cache = out.get("pin"), out.get("cache")

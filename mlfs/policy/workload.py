@@ -15,7 +15,7 @@ FRAMEWORKS = ("transformers", "vllm", "torchrun", "pytorch", "tensorflow", "unkn
 PHASES = ("inference", "training", "unknown")
 
 _TRAINING_WORDS = ("train", "finetune", "fine_tune", "pretrain", "fit")
-_INFERENCE_WORDS = ("serve", "server", "infer", "generate", "predict", "chat", "api_server")
+_INFERENCE_WORDS = ("serve", "serving", "infer", "generate", "predict", "chat", "api_server")
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,12 @@ def _phase(framework: str, cmdline: list[str], env: Mapping[str, str]) -> str:
         return "inference"
     if framework == "torchrun":
         return "training"
-    # Look at script and module names, not at every flag value: a model path like
-    # /models/trainee-7b must not make a server look like training.
-    names = [posixpath.basename(a).lower() for a in cmdline[1:] if not a.startswith("-")][:3]
+    # Look at the program, the script and -m modules only, never at flag values: a
+    # model path like /models/trainee-7b must not make a server look like training.
+    words = [a.lower() for a in cmdline]
+    names = [posixpath.basename(words[0])] if words else []
+    names += [words[i + 1] for i, w in enumerate(words[:-1]) if w == "-m"]
+    names += [posixpath.basename(w) for w in words[1:] if w.endswith(".py")][:1]
     if any(w in n for n in names for w in _TRAINING_WORDS):
         return "training"
     if any(w in n for n in names for w in _INFERENCE_WORDS):
