@@ -11,6 +11,7 @@ from mlfs import __version__
 from mlfs.cli.common import run_command
 from mlfs.cli.generate import generate
 from mlfs.cli.mount import mount, unmount
+from mlfs.cli.rules import rules
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,5 +23,6 @@ def main() -> None:
 main.add_command(generate)
 main.add_command(mount)
 main.add_command(unmount)
+main.add_command(rules)
 
 __all__ = ["main", "run_command"]
