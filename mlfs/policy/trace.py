@@ -37,6 +37,13 @@ class TraceEvent:
     size: int
     pid: int | None = None
 
+    def to_json_line(self) -> str:
+        """The trace line for this read (how a mount records a trace for `mlfs rules test`)."""
+        doc: dict[str, object] = {"t": round(self.t, 6), "path": self.path, "offset": self.offset, "size": self.size}
+        if self.pid is not None:
+            doc["pid"] = self.pid
+        return json.dumps(doc) + "\n"
+
 
 @dataclass(frozen=True)
 class ReplayStep:

@@ -86,3 +86,12 @@ def test_replay_shows_mount_decisions_then_changes(tmp_path: Path) -> None:
     # header, mount rows, then changes: config.json's first read, blob.raw three times
     assert len(table.splitlines()) == 1 + len(manifest.files) + 4
     assert engine.counters.statistics() == {}  # replays do not count as mount decisions
+
+
+def test_trace_lines_round_trip(tmp_path: Path) -> None:
+    from mlfs.policy.trace import TraceEvent
+
+    events = [TraceEvent(0.5, "a.bin", 0, 10, 42), TraceEvent(1.25, "a.bin", 10, 10)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(e.to_json_line() for e in events))
+    assert read_trace(path, make_manifest({"a.bin": 100})) == events
