@@ -57,6 +57,13 @@ class S3Error(Exception):
     def xml(self, request_id: str) -> bytes:
         return (
             '<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{self.code}</Code><Message>{escape(self.message)}</Message>"
-            f"<Resource>{escape(self.resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
+            f"<Error><Code>{self.code}</Code><Message>{_xml_text(self.message)}</Message>"
+            f"<Resource>{_xml_text(self.resource)}</Resource><RequestId>{request_id}</RequestId></Error>"
         ).encode()
+
+
+def _xml_text(value: str) -> str:
+    # A refused key may hold characters XML cannot carry (NUL, other controls): show
+    # them percent-encoded so the error document stays parseable.
+    cleaned = "".join(f"%{ord(c):02X}" if ord(c) < 0x20 or ord(c) == 0x7F else c for c in value)
+    return escape(cleaned)

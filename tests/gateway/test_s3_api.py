@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import botocore.exceptions
 import pytest
@@ -83,8 +83,8 @@ def test_conditional_requests(s3_backend: S3Server, bucket: str) -> None:
         c.get_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
     assert status(exc) == 304
     assert c.get_object(Bucket=bucket, Key="c", IfNoneMatch='"other"')["Body"].read() == b"conditional"
-    future = datetime.now(timezone.utc) + timedelta(days=1)
-    past = datetime.now(timezone.utc) - timedelta(days=1)
+    future = datetime.now(UTC) + timedelta(days=1)
+    past = datetime.now(UTC) - timedelta(days=1)
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         c.get_object(Bucket=bucket, Key="c", IfModifiedSince=future)
     assert status(exc) == 304
@@ -239,7 +239,8 @@ def test_bucket_operations(s3_backend: S3Server, bucket_on) -> None:  # type: ig
     assert status(exc) == 404
     with pytest.raises(botocore.exceptions.ClientError) as exc:
         c.put_object(Bucket=name, Key="k", Body=b"x")
-    assert error_code(exc) == "NoSuchBucket"
+    # SeaweedFS answers AccessDenied here; S3 (and the gateway) say NoSuchBucket.
+    assert error_code(exc) == ("NoSuchBucket" if s3_backend.name == "gateway" else "AccessDenied")
 
 
 def test_presigned_get_and_put(s3_backend: S3Server, bucket: str) -> None:
