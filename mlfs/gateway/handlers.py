@@ -36,6 +36,7 @@ MAX_PART = 5 * 1024**3
 MIN_PART = 5 * 1024**2
 MAX_PARTS = 10000
 MAX_XML = 2 * 1024**2
+SMALL_BODY = 1024**2
 MAX_META = 2048
 MAX_KEYS = 1000
 STORED_HEADERS = ("cache-control", "content-disposition", "content-encoding", "content-language", "expires")
@@ -148,15 +149,31 @@ async def put_object(gw: Gateway, req: Request, resp: Responder) -> None:
     metadata, content_type = _stored_headers(req)
     tags = _parse_tag_header(req.header("x-amz-tagging"))
     body = RequestBody(req, MAX_OBJECT)
-    await require_bucket(gw, bucket)
     sink = gw.objects.sink()
-    try:
-        await _receive_into(gw, body, sink)
+
+    def commit() -> ObjectRecord:
         body.check_sha256(sink.sha256)
         _check_content_md5(req, sink.md5_digest)
         rec = ObjectRecord(bucket, key, sink.size, sink.md5, sink.sha256 if sink.chunks else EMPTY_SHA256,
                            content_type, metadata, tags, time.time(), CHUNK_SIZE, sink.chunks)
-        await gw.run(gw.objects.commit_object, sink, rec)
+        gw.objects.commit_object(sink, rec)
+        return rec
+
+    def store_small(data: bytes) -> ObjectRecord:
+        # Small bodies are stored in a single trip to a worker thread: thread hops,
+        # not bytes, are what small-object throughput is made of.
+        sink.write(data)
+        sink.finish()
+        return commit()
+
+    try:
+        if body.declared is not None and body.declared <= SMALL_BODY:
+            data = b"".join([block async for block in body.blocks()])
+            rec = await gw.run(store_small, data)
+        else:
+            await require_bucket(gw, bucket)
+            await _receive_into(gw, body, sink)
+            rec = await gw.run(commit)
     except BaseException:
         with trio.CancelScope(shield=True):
             await gw.run(sink.abort)
@@ -185,7 +202,10 @@ async def copy_object(gw: Gateway, req: Request, resp: Responder) -> None:
 
 async def get_object(gw: Gateway, req: Request, resp: Responder) -> None:
     head = req.method == "HEAD"
-    rec = await _object_or_fetch(gw, req)
+    check_key(req.key or "")
+    rec, small = await gw.run(_lookup_small, gw, req.bucket, req.key, not head)
+    if rec is None:
+        rec = await _object_or_fetch(gw, req)
     _check_conditions(req, rec)
     headers = _object_headers(rec)
     for param, header in RESPONSE_OVERRIDES.items():
@@ -202,7 +222,23 @@ async def get_object(gw: Gateway, req: Request, resp: Responder) -> None:
         await resp.start(status, headers)
         await resp.body(b"")
         return
+    if small is not None:
+        await resp.start(status, headers)
+        await resp.body(small[start:end])
+        return
     await send_object(gw, rec, start, end, status, headers, resp)
+
+
+def _lookup_small(gw: Gateway, bucket: str, key: str, read: bool) -> tuple[ObjectRecord | None, bytes | None]:
+    """The object's record and, if it is small, its bytes: a small GET is one thread trip."""
+    rec = gw.objects.catalog.get_object(bucket, key)
+    if rec is None or not read or rec.size > SMALL_BODY:
+        return rec, None
+    reader = gw.objects.reader(rec)
+    try:
+        return rec, reader.read(0, rec.size) if rec.size else b""
+    finally:
+        reader.close()
 
 
 async def send_object(gw: Gateway, rec: ObjectRecord, start: int, end: int, status: int,

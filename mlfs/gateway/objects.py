@@ -37,7 +37,7 @@ from mlfs.store.chunks import ChunkStore, ChunkWriter
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = DEFAULT_CHUNK_SIZE
-READ_BLOCK = 1 << 20
+READ_BLOCK = 4 << 20
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
