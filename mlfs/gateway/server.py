@@ -60,6 +60,8 @@ async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
         from mlfs.gateway.upstream import Upstream
 
         gw.upstream = Upstream(gw, config.upstream)
+        # The upstream bucket is visible (and listable) before its first miss.
+        await gw.run(objects.catalog.create_bucket, gw.upstream.bucket)
     hc = HypercornConfig()
     hc.bind = [f"{config.host}:{config.port}"]
     hc.keep_alive_timeout = config.header_timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -288,3 +289,33 @@ def test_second_server_on_same_data_dir_is_refused(gateway: GatewayServer) -> No
     assert gateway.data_dir is not None
     with pytest.raises(RuntimeError, match="already using"):
         start_gateway(gateway.data_dir.parent, timeout=10)
+
+
+def test_cache_through_upstream(tmp_path: Path, seaweedfs) -> None:  # type: ignore[no-untyped-def]
+    from tests.servers import s3_env
+
+    upstream = seaweedfs.client()
+    upstream.create_bucket(Bucket="upstream-models")
+    data = os.urandom(CHUNK + 12345)
+    upstream.put_object(Bucket="upstream-models", Key="cache/llm/weights.bin", Body=data,
+                        Metadata={"source": "upstream"}, ContentType="application/x-weights")
+    env = {k: v for k, v in s3_env(seaweedfs.endpoint).items() if k.startswith("AWS_")}
+    server = start_gateway(tmp_path, "--upstream", "s3://upstream-models/cache/", env=env)
+    try:
+        c = server.client()
+        got = c.get_object(Bucket="upstream-models", Key="llm/weights.bin")
+        assert got["Body"].read() == data
+        assert got["Metadata"] == {"source": "upstream"}
+        assert got["ContentType"] == "application/x-weights"
+        before = seaweedfs.get_count("upstream-models")
+        for _ in range(3):
+            assert c.get_object(Bucket="upstream-models", Key="llm/weights.bin", Range="bytes=-100")["Body"].read() == data[-100:]
+        assert seaweedfs.get_count("upstream-models") == before, "cached object was fetched again"
+        manifest = json.loads(get_manifest(server, "upstream-models", "llm/"))
+        assert manifest["files"][0]["sha256"] == hashlib.sha256(data).hexdigest()
+        with pytest.raises(botocore.exceptions.ClientError) as exc:
+            c.get_object(Bucket="upstream-models", Key="llm/missing")
+        assert exc.value.response["Error"]["Code"] == "NoSuchKey"
+    finally:
+        server.stop()
+    assert server.process.returncode == 0
