@@ -319,3 +319,34 @@ def test_cache_through_upstream(tmp_path: Path, seaweedfs) -> None:  # type: ign
     finally:
         server.stop()
     assert server.process.returncode == 0
+
+
+def test_stalled_clients_do_not_block_others(gateway: GatewayServer, bucket: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = gateway.client()
+    c.put_object(Bucket=bucket, Key="big", Body=os.urandom(48 * MiB))
+    host = urlsplit(gateway.endpoint)
+    stalled = []
+    try:
+        for _ in range(20):  # readers that ask for 48 MiB and never read it
+            sock = socket.create_connection((host.hostname, host.port), timeout=30)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            path = f"/{bucket}/big"
+            headers = sign_headers(gateway, "GET", path)
+            sock.sendall((f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode())
+            stalled.append(sock)
+        for i in range(20):  # uploads that stop half-way
+            stalled.append(_start_slow_upload(gateway, bucket, f"stalled-{i}", total=8 * MiB, sent=2 * MiB))
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            def small(i: int) -> bytes:
+                c.put_object(Bucket=bucket, Key=f"small-{i}", Body=b"%d" % i)
+                return c.get_object(Bucket=bucket, Key=f"small-{i}")["Body"].read()
+            assert list(pool.map(small, range(100))) == [b"%d" % i for i in range(100)]
+        assert time.monotonic() - started < 20
+    finally:
+        for sock in stalled:
+            sock.close()
+    # The abandoned uploads left no objects behind.
+    _wait_for(lambda: not any(o["Key"].startswith("stalled-") for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])))
