@@ -45,6 +45,11 @@ class Gateway:
             self.hash_later(rec)
         async for rec in self._hash_receive:
             try:
-                await self.run(self.objects.whole_sha256, rec)
-            except Exception as exc:  # the object may have been deleted or replaced meanwhile
+                await self.run(self._hash_if_current, rec)
+            except Exception as exc:  # deleted or replaced while being hashed
                 log.debug("hashing s3://%s/%s skipped: %s", rec.bucket, rec.key, exc)
+
+    def _hash_if_current(self, rec: ObjectRecord) -> None:
+        current = self.objects.catalog.get_object(rec.bucket, rec.key)
+        if current is not None and current.sha256 is None and current.chunks == rec.chunks:
+            self.objects.whole_sha256(current)

@@ -254,3 +254,18 @@ def test_presigned_get_and_put(s3_backend: S3Server, bucket: str) -> None:
     get_url = c.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "p"}, ExpiresIn=300)
     with urllib.request.urlopen(get_url, timeout=10) as resp:
         assert resp.read() == b"presigned body"
+
+
+def test_upload_part_copy(s3_backend: S3Server, bucket: str) -> None:
+    c = s3_backend.client()
+    src = os.urandom(6 * 1024 * 1024)
+    c.put_object(Bucket=bucket, Key="src", Body=src)
+    uid = c.create_multipart_upload(Bucket=bucket, Key="assembled")["UploadId"]
+    first = c.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=uid, PartNumber=1,
+                               CopySource={"Bucket": bucket, "Key": "src"})["CopyPartResult"]["ETag"]
+    second = c.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=uid, PartNumber=2,
+                                CopySource={"Bucket": bucket, "Key": "src"},
+                                CopySourceRange="bytes=100-199")["CopyPartResult"]["ETag"]
+    c.complete_multipart_upload(Bucket=bucket, Key="assembled", UploadId=uid, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": first}, {"PartNumber": 2, "ETag": second}]})
+    assert c.get_object(Bucket=bucket, Key="assembled")["Body"].read() == src + src[100:200]
