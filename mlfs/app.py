@@ -21,6 +21,7 @@ def s3_settings(opts: MountOptions) -> S3Settings:
         region=opts.region,
         profile=opts.profile,
         max_pool=opts.max_threads + 4,
+        own_retries=True,
     )
 
 

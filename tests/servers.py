@@ -63,6 +63,11 @@ class S3Server:
             config=botocore.config.Config(
                 s3={"addressing_style": "path"},
                 retries={"mode": "standard"},
+                # SeaweedFS occasionally leaves one request of a burst unanswered; a
+                # short timeout turns that into a quick retry instead of a minute's wait.
+                read_timeout=5,
+                connect_timeout=5,
+                max_pool_connections=32,
                 response_checksum_validation="when_required",
                 request_checksum_calculation="when_required",
             ),

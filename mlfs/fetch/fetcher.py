@@ -10,10 +10,11 @@ deadlines and test clocks apply to them.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import botocore.exceptions
@@ -45,9 +46,16 @@ class _Retryable(Exception):
     """A transient failure; the message says what happened."""
 
 
+def _env_attempts() -> int:
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "5")))
+    except ValueError:
+        return 5
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 5
+    max_attempts: int = field(default_factory=_env_attempts)
     base_delay: float = 0.1
     max_delay: float = 5.0
 

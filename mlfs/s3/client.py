@@ -25,7 +25,10 @@ class S3Settings:
     profile: str | None = None
     max_pool: int = 16
     connect_timeout: float = 10.0
-    read_timeout: float = 60.0
+    read_timeout: float = 30.0
+    # Mounts retry whole chunk fetches themselves (also on resets mid-body, which
+    # botocore cannot retry), so their client makes one attempt per call.
+    own_retries: bool = False
 
 
 def make_client(settings: S3Settings) -> Any:
@@ -38,9 +41,8 @@ def make_client(settings: S3Settings) -> Any:
         max_pool_connections=settings.max_pool,
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
-        # mlfs retries whole chunk fetches itself (also on resets mid-body, which
-        # botocore cannot retry); keep botocore's own retries for the small calls.
-        retries={"mode": "standard"},
+        retries={"mode": "standard", "total_max_attempts": 1} if settings.own_retries
+        else {"mode": "standard"},
         # Custom endpoints (SeaweedFS, MinIO, the embedded gateway) rarely have
         # wildcard DNS for virtual-hosted buckets.
         s3={"addressing_style": "path"} if endpoint else {},

@@ -12,6 +12,7 @@ and reported missing, so the caller fetches it again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -234,10 +235,8 @@ class ChunkStore:
         if now - self._touched.get(digest, -_TOUCH_INTERVAL) < _TOUCH_INTERVAL:
             return
         self._touched[digest] = now
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(digest))
-        except FileNotFoundError:
-            pass
 
     def _account(self, delta: int) -> None:
         with self._lock:
@@ -253,10 +252,8 @@ class ChunkStore:
         total = 0
         for sub in self.chunk_dir.iterdir():
             for f in sub.iterdir():
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     total += f.stat().st_size
-                except FileNotFoundError:
-                    pass
         return total
 
     def _clean_stale_temps(self) -> None:
@@ -284,7 +281,7 @@ class ChunkWriter:
         self.size = 0
         fd_name = f"{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
         self._tmp = store.tmp_dir / fd_name
-        self._fh = open(self._tmp, "xb")
+        self._fh = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit()/abort()
         self._done = False
 
     def __enter__(self) -> ChunkWriter:
@@ -331,10 +328,8 @@ class ChunkWriter:
             return
         self._done = True
         self._fh.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def _file_digest(p: Path, algo: type) -> str:
