@@ -22,11 +22,13 @@ _HASH_QUEUE = 10_000
 
 
 class Gateway:
-    def __init__(self, objects: ObjectStore, policy: AccessPolicy, threads: int = 16) -> None:
+    def __init__(self, objects: ObjectStore, policy: AccessPolicy, threads: int = 16,
+                 keepalive_seconds: float = 5.0) -> None:
         self.objects = objects
         self.policy = policy
         self.limiter = trio.CapacityLimiter(threads)
         self.upstream: Upstream | None = None
+        self.keepalive_seconds = keepalive_seconds
         # Multipart objects whose parts were chunk-aligned get their whole-object
         # SHA-256 computed here, after the client has its answer.
         self._hash_send, self._hash_receive = trio.open_memory_channel[ObjectRecord](_HASH_QUEUE)

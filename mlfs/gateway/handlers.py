@@ -400,26 +400,68 @@ async def complete_upload(gw: Gateway, req: Request, resp: Responder) -> None:
     for part in parts[:-1]:
         if part.size < MIN_PART:
             raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size.")
-    chunks, sha256, sink = await gw.run(gw.objects.assemble, parts)
     size = sum(p.size for p in parts)
     etag = hashlib.md5(b"".join(bytes.fromhex(p.md5) for p in parts)).hexdigest() + f"-{len(parts)}"
-    rec = ObjectRecord(upload.bucket, upload.key, size, etag, sha256, upload.content_type,
-                       upload.metadata, upload.tags, time.time(), CHUNK_SIZE, chunks)
+
+    async def assemble_and_commit() -> None:
+        chunks, sha256, sink = await gw.run(gw.objects.assemble, parts)
+        rec = ObjectRecord(upload.bucket, upload.key, size, etag, sha256, upload.content_type,
+                           upload.metadata, upload.tags, time.time(), CHUNK_SIZE, chunks)
+        try:
+            if sink is not None:
+                await gw.run(gw.objects.commit_object, sink, rec)
+            else:
+                await gw.run(gw.objects.copy_object, rec)
+        except BaseException:
+            if sink is not None:
+                with trio.CancelScope(shield=True):
+                    await gw.run(sink.abort)
+            raise
+        leftovers = await gw.run(gw.objects.catalog.finish_upload, upload.upload_id)
+        await gw.run(gw.objects.free, leftovers)
+        if sha256 is None:
+            gw.hash_later(rec)
+
+    # Re-cutting unaligned parts into 16 MiB chunks takes a while for big objects; like
+    # S3, answer 200 early and send whitespace so the client's read timeout never fires.
+    # A failure after that point is reported as an <Error> document in the 200 body,
+    # which SDKs check for on CompleteMultipartUpload.
+    keepalive = _KeepAlive(resp, gw.keepalive_seconds)
     try:
-        if sink is not None:
-            await gw.run(gw.objects.commit_object, sink, rec)
-        else:
-            await gw.run(gw.objects.copy_object, rec)
-    except BaseException:
-        if sink is not None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keepalive.run)
+            try:
+                await assemble_and_commit()
+            finally:
+                nursery.cancel_scope.cancel()
+    except S3Error as err:
+        if not keepalive.started:
+            raise
+        await resp.body(err.xml(resp.request_id).split(b"\n", 1)[1])
+        return
+    doc = xmlout.complete_upload(f"/{upload.bucket}/{upload.key}", upload.bucket, upload.key, etag)
+    if keepalive.started:
+        await resp.body(doc.encode())
+    else:
+        await resp.xml(doc)
+
+
+class _KeepAlive:
+    def __init__(self, resp: Responder, interval: float) -> None:
+        self.resp = resp
+        self.interval = interval
+        self.started = False
+
+    async def run(self) -> None:
+        await trio.sleep(self.interval)
+        with trio.CancelScope(shield=True):  # never leave a half-sent message behind
+            await self.resp.start(200, [("content-type", "application/xml")])
+            await self.resp.body(b'<?xml version="1.0" encoding="UTF-8"?>\n', more=True)
+            self.started = True
+        while True:
+            await trio.sleep(self.interval)
             with trio.CancelScope(shield=True):
-                await gw.run(sink.abort)
-        raise
-    leftovers = await gw.run(gw.objects.catalog.finish_upload, upload.upload_id)
-    await gw.run(gw.objects.free, leftovers)
-    if sha256 is None:
-        gw.hash_later(rec)
-    await resp.xml(xmlout.complete_upload(f"/{rec.bucket}/{rec.key}", rec.bucket, rec.key, etag))
+                await self.resp.body(b" ", more=True)
 
 
 async def abort_upload(gw: Gateway, req: Request, resp: Responder) -> None:

@@ -39,6 +39,9 @@ class GatewayConfig:
     header_timeout: float = 5.0  # a client must finish its request headers in this time
     read_timeout: float = 60.0  # ... and never stall a body longer than this
     grace: float = 2.0  # in-flight requests get this long after SIGTERM
+    # A slow CompleteMultipartUpload starts its 200 response and sends whitespace this often.
+    complete_keepalive: float = field(
+        default_factory=lambda: float(os.environ.get("MLFS_GATEWAY_KEEPALIVE_SECONDS", "5")))
 
 
 def serve_forever(config: GatewayConfig) -> None:
@@ -55,7 +58,7 @@ def serve_forever(config: GatewayConfig) -> None:
 
 
 async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
-    gw = Gateway(objects, config.policy, threads=config.threads)
+    gw = Gateway(objects, config.policy, threads=config.threads, keepalive_seconds=config.complete_keepalive)
     if config.upstream:
         from mlfs.gateway.upstream import Upstream
 

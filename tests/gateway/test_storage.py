@@ -350,3 +350,26 @@ def test_stalled_clients_do_not_block_others(gateway: GatewayServer, bucket: str
             sock.close()
     # The abandoned uploads left no objects behind.
     _wait_for(lambda: not any(o["Key"].startswith("stalled-") for o in c.list_objects_v2(Bucket=bucket).get("Contents", [])))
+
+
+def test_slow_complete_sends_keepalive_whitespace(tmp_path: Path) -> None:
+    # With a tiny keep-alive interval the 200 response starts before re-chunking ends.
+    server = start_gateway(tmp_path, env={"MLFS_GATEWAY_KEEPALIVE_SECONDS": "0.01"})
+    try:
+        c = server.client()
+        c.create_bucket(Bucket="keepalive")
+        parts_data = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(7)]
+        uid = c.create_multipart_upload(Bucket="keepalive", Key="k")["UploadId"]
+        parts = [{"PartNumber": n, "ETag": c.upload_part(Bucket="keepalive", Key="k", UploadId=uid, PartNumber=n,
+                                                        Body=d)["ETag"]} for n, d in enumerate(parts_data, start=1)]
+        path = f"/keepalive/k?uploadId={uid}"
+        body = ("<CompleteMultipartUpload>" + "".join(
+            f"<Part><PartNumber>{p['PartNumber']}</PartNumber><ETag>{p['ETag']}</ETag></Part>" for p in parts)
+            + "</CompleteMultipartUpload>").encode()
+        status, reply = send_raw(server, "POST", path, sign_headers(server, "POST", path, body), body)
+        assert status == 200
+        assert reply.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n ')
+        assert b"<CompleteMultipartUploadResult" in reply
+        assert c.get_object(Bucket="keepalive", Key="k")["Body"].read() == b"".join(parts_data)
+    finally:
+        server.stop()
