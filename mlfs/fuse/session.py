@@ -9,6 +9,7 @@ daemon never leaves a dead mount behind.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -86,10 +87,8 @@ class MountSession:
                 report_ready(str(error))
                 raise error from None
             try:
-                info = find_mount(s.mountpoint)
-                if info is not None and s.kernel_read_ahead_kib:
-                    tune_kernel_read_ahead(info, s.kernel_read_ahead_kib)
                 nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self._tune_read_ahead)
                 if self.on_started is not None:
                     await self.on_started(self, nursery)
                 entries = self.reader.prefetch_entries()
@@ -106,6 +105,19 @@ class MountSession:
                 # close() unmounts; with files still open the kernel detaches lazily.
                 pyfuse3.close(unmount=True)
                 log.info("unmounted %s", s.mountpoint)
+
+    async def _tune_read_ahead(self) -> None:
+        # The kernel takes its read-ahead size from our INIT reply, which pyfuse3 sends
+        # with the default (128 KiB) once the main loop runs; a stat of the mountpoint
+        # returns only after INIT, so the sysfs setting written then sticks.
+        s = self.settings
+        if not s.kernel_read_ahead_kib:
+            return
+        with trio.move_on_after(30):
+            await trio.to_thread.run_sync(os.stat, s.mountpoint, cancellable=True)
+            info = find_mount(s.mountpoint)
+            if info is None or not tune_kernel_read_ahead(info, s.kernel_read_ahead_kib):
+                log.info("could not raise the kernel read-ahead for %s (needs root)", s.mountpoint)
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

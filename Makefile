@@ -1,0 +1,41 @@
+# mlfs: two commands on a fresh Debian machine.
+#   make demo   installs everything, serves a demo model, mounts it, loads it, unmounts
+#   make test   installs everything and runs the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# fuse3 + libfuse3-dev + pkg-config build and run pyfuse3; rclone and s3cmd are
+# real S3 clients the gateway tests drive.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rclone s3cmd
+
+.PHONY: demo test bench lint system-deps venv clean
+
+system-deps:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(APT_PACKAGES); \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: system-deps $(VENV)/.installed
+
+demo: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) scripts/demo.py
+
+test: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+bench: venv
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/run_all.py
+
+lint: venv
+	$(VENV)/bin/ruff check mlfs tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,168 @@
+"""Fetcher behaviour with an in-process fake S3 (the FUSE tests cover the real one)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+import trio
+import trio.testing
+
+from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
+from mlfs.fetch import ChunkFetcher, RetryPolicy
+from mlfs.manifest.model import FileEntry, Manifest, Source
+from mlfs.reader import ArtifactReader, ReadAheadSettings
+from mlfs.store import ChunkStore
+
+CHUNK = 64 * 1024
+
+
+class Body(io.BytesIO):
+    def __init__(self, data: bytes, reset_after: int | None = None) -> None:
+        super().__init__(data)
+        self.reset_after = reset_after
+
+    def read(self, n: int = -1) -> bytes:
+        if self.reset_after is not None and self.tell() >= self.reset_after:
+            raise botocore.exceptions.ResponseStreamingError(error="connection reset by peer")
+        return super().read(min(n, 8192) if n and n > 0 else 8192)
+
+
+class FakeS3:
+    """get_object with scripted failures: a list of 'ok' / '503' / 'reset' / '412' / 'bad'."""
+
+    def __init__(self, data: bytes, script: list[str] | None = None) -> None:
+        self.data = data
+        self.script = list(script or [])
+        self.calls: list[dict] = []
+        self.lock = threading.Lock()
+        self.gate: threading.Event | None = None
+
+    def get_object(self, **kw):
+        with self.lock:
+            self.calls.append(kw)
+            step = self.script.pop(0) if self.script else "ok"
+        if self.gate is not None:
+            self.gate.wait(10)
+        lo, hi = map(int, kw["Range"].removeprefix("bytes=").split("-"))
+        piece = self.data[lo:hi + 1]
+        if step in ("503", "412", "404"):
+            code = {"503": "ServiceUnavailable", "412": "PreconditionFailed", "404": "NoSuchKey"}[step]
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": int(step)}}, "GetObject")
+        if step == "reset":
+            return {"Body": Body(piece, reset_after=len(piece) // 2)}
+        if step == "bad":
+            piece = bytes([piece[0] ^ 1]) + piece[1:]
+        return {"Body": Body(piece)}
+
+
+def entry_for(data: bytes, etag: str | None = '"etag"') -> FileEntry:
+    chunks = tuple(hashlib.sha256(data[i:i + CHUNK]).hexdigest() for i in range(0, len(data), CHUNK))
+    return FileEntry("f.bin", len(data), hashlib.sha256(data).hexdigest(), chunks,
+                     Source(bucket="b", key="k", etag=etag))
+
+
+def run_fetch(tmp_path: Path, fake: FakeS3, data: bytes, index: int = 0, attempts: int = 4):
+    store = ChunkStore(tmp_path)
+    entry = entry_for(data)
+
+    async def main():
+        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(attempts, 0.5, 5))
+        digest = await fetcher.ensure(entry, index)
+        return fetcher, digest
+
+    fetcher, digest = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return store, entry, fetcher, digest
+
+
+@pytest.mark.parametrize("script", [["503"], ["reset"], ["503", "reset", "503"], ["bad"]])
+def test_transient_failures_are_retried(tmp_path: Path, script: list[str]) -> None:
+    data = os.urandom(3 * CHUNK)
+    fake = FakeS3(data, script)
+    store, entry, fetcher, digest = run_fetch(tmp_path, fake, data, index=1)
+    assert store.read_all(digest) == data[CHUNK:2 * CHUNK]
+    assert len(fake.calls) == len(script) + 1
+    assert fake.calls[0]["IfMatch"] == '"etag"' and fake.calls[0]["Range"] == f"bytes={CHUNK}-{2 * CHUNK - 1}"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_retries_give_up_with_a_fetch_error(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["503"] * 10)
+    with pytest.raises(FetchError, match="giving up after 4 attempts"):
+        run_fetch(tmp_path, fake, data)
+    assert len(fake.calls) == 4
+
+
+def test_changed_object_is_estale_without_retry(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["412"])
+    with pytest.raises(ObjectChanged) as info:
+        run_fetch(tmp_path, fake, data)
+    assert info.value.errno == 116 and len(fake.calls) == 1  # ESTALE
+
+
+def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["bad", "bad", "bad"])
+    with pytest.raises(ChunkIntegrityError):
+        run_fetch(tmp_path, fake, data)
+    store = ChunkStore(tmp_path)
+    assert store.statistics().chunks == 0 and list(store.tmp_dir.iterdir()) == []
+
+
+def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
+    data = os.urandom(2 * CHUNK)
+    fake = FakeS3(data)
+    fake.gate = threading.Event()
+    store = ChunkStore(tmp_path)
+    entry = entry_for(data)
+
+    async def main():
+        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
+        async with trio.open_nursery() as n:
+            for _ in range(16):
+                n.start_soon(fetcher.ensure, entry, 0)
+            await trio.sleep(0.2)
+            fake.gate.set()
+        return fetcher.statistics()
+
+    stats = trio.run(main)
+    assert len(fake.calls) == 1 and stats.shared_waits == 15 and stats.in_flight == 0
+
+
+def test_sequential_reader_grows_its_read_ahead_window(tmp_path: Path) -> None:
+    data = os.urandom(40 * CHUNK)
+    fake = FakeS3(data)
+    store = ChunkStore(tmp_path)
+    entry = entry_for(data, etag=None)
+    manifest = Manifest("m", "v", [entry], chunk_size=CHUNK)
+
+    async def main():
+        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
+        async with trio.open_nursery() as n:
+            reader = ArtifactReader(manifest, store, fetcher, n, ReadAheadSettings(start=1, max=8))
+            handle = reader.open(entry)
+            out = bytearray()
+            windows = []
+            for off in range(0, 20 * CHUNK, CHUNK // 2):
+                out += await handle.read(off, CHUNK // 2)
+                windows.append(handle.window)
+            # random access resets the window
+            await handle.read(35 * CHUNK, 10)
+            windows.append(handle.window)
+            n.cancel_scope.cancel()
+        return bytes(out), windows
+
+    out, windows = trio.run(main)
+    assert out == data[: 20 * CHUNK]
+    assert windows[0] == 1 and max(windows) == 8 and windows[-1] == 0
+    assert windows == sorted(windows[:-1]) + [0]
+    fetched = {c["Range"] for c in fake.calls}
+    assert len(fetched) == len(fake.calls), "a chunk was fetched twice"

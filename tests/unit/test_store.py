@@ -1,0 +1,102 @@
+"""Chunk store: atomic publication, verification, quarantine, eviction, pinning."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mlfs.errors import ChunkIntegrityError, StoreError
+from mlfs.store import ChunkStore
+
+MIB = 1 << 20
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def test_put_and_read(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    data = os.urandom(100_000)
+    digest = store.put_bytes(data, sha(data))
+    assert digest == sha(data) and store.contains(digest)
+    assert store.pread(digest, 10, 20) == data[10:30]
+    assert store.read_all(digest) == data
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_wrong_digest_is_rejected_and_leaves_nothing(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    with pytest.raises(ChunkIntegrityError):
+        store.put_bytes(b"hello", sha(b"other"))
+    assert not store.contains(sha(b"hello")) and not store.contains(sha(b"other"))
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_abandoned_writer_leaves_nothing(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    with store.writer(sha(b"abc")) as w:
+        w.write(b"ab")  # interrupted before commit
+    assert list(store.tmp_dir.iterdir()) == [] and not store.contains(sha(b"abc"))
+
+
+@pytest.mark.expect_warnings
+@pytest.mark.parametrize("xattrs", [True, False])
+def test_corruption_is_detected_and_quarantined(tmp_path: Path, xattrs: bool) -> None:
+    store = ChunkStore(tmp_path)
+    data = os.urandom(4096)
+    digest = store.put_bytes(data)
+    p = store.path(digest)
+    if not xattrs:
+        os.removexattr(p, "user.mlfs.xxh3")
+    with open(p, "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"X")
+    fresh = ChunkStore(tmp_path)  # a new process: nothing verified yet
+    if not xattrs:
+        fresh._xattrs = False
+    assert fresh.ensure_verified(digest) is False
+    assert not fresh.contains(digest)
+    assert len(list(fresh.quarantine_dir.iterdir())) == 1
+    assert fresh.statistics().quarantined_chunks == 1
+
+
+def test_intact_chunk_verifies_in_a_new_store(tmp_path: Path) -> None:
+    digest = ChunkStore(tmp_path).put_bytes(b"x" * 5000)
+    assert ChunkStore(tmp_path).ensure_verified(digest)
+
+
+def test_lru_eviction_keeps_pinned_and_recent(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, budget=64 * MIB)
+    blobs = [bytes([i]) * (16 * MIB) for i in range(4)]
+    digests = [store.put_bytes(b) for b in blobs]
+    for i, d in enumerate(digests):  # make the order unambiguous
+        os.utime(store.path(d), (1000 + i, 1000 + i))
+    store.pin([digests[0]])
+    fifth = store.put_bytes(b"\x09" * (16 * MIB))
+    assert store.contains(digests[0]), "pinned chunk was evicted"
+    assert not store.contains(digests[1]), "oldest unpinned chunk should go first"
+    assert all(store.contains(d) for d in digests[2:] + [fifth])
+    assert store.statistics().bytes <= 64 * MIB
+
+
+def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    old = store.tmp_dir / "dead-writer"
+    old.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    young = store.tmp_dir / "live-writer"
+    young.write_bytes(b"partial")
+    ChunkStore(tmp_path)
+    assert not old.exists() and young.exists()
+
+
+def test_unwritable_cache_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cache directory"):
+        ChunkStore(blocker / "sub")
