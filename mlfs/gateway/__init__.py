@@ -17,7 +17,11 @@ Modules, one concern each:
     body        request-body streams (plain / aws-chunked) with length and hash checks
     xmlout      S3 XML response documents
     http        the ASGI request/response plumbing
-    handlers    S3 operations
+    inputs      what a request says, parsed and checked (ranges, conditions, metadata, XML)
+    bucket_ops  bucket operations and listings
+    object_ops  object PUT/GET/HEAD/copy/delete/tagging
+    multipart_ops  multipart uploads
+    manifest    the ?mlfs-manifest endpoint
     app         routing and authorisation: request → handler
     upstream    optional cache-through from an upstream S3
     server      hypercorn on trio: listen, log readiness, stop on SIGTERM

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mlfs.gateway import handlers as h
+from mlfs.gateway import bucket_ops, multipart_ops, object_ops
 from mlfs.gateway.body import ClientGone
 from mlfs.gateway.context import Gateway
 from mlfs.gateway.errors import S3Error
@@ -26,55 +26,55 @@ def route(req: Request) -> tuple[Handler, str]:
     m, q, hdr = req.method, req.query, req.headers
     if req.bucket is None:
         if m in ("GET", "HEAD"):
-            return h.list_buckets, ANY_USER
+            return bucket_ops.list_buckets, ANY_USER
         raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.")
     if req.key is None:
         if m == "GET":
-            for param, handler in (("mlfs-manifest", mlfs_manifest), ("location", h.bucket_location),
-                                   ("versioning", h.bucket_versioning), ("uploads", h.list_uploads)):
+            for param, handler in (("mlfs-manifest", mlfs_manifest), ("location", bucket_ops.bucket_location),
+                                   ("versioning", bucket_ops.bucket_versioning), ("uploads", bucket_ops.list_uploads)):
                 if param in q:
                     return handler, READ
             _refuse_subresources(q)
-            return h.list_objects, READ
+            return bucket_ops.list_objects, READ
         if m == "HEAD":
-            return h.head_bucket, READ
+            return bucket_ops.head_bucket, READ
         if m == "PUT":
             _refuse_subresources(q)
-            return h.create_bucket, ADMIN
+            return bucket_ops.create_bucket, ADMIN
         if m == "DELETE":
             _refuse_subresources(q)
-            return h.delete_bucket, ADMIN
+            return bucket_ops.delete_bucket, ADMIN
         if m == "POST" and "delete" in q:
-            return h.delete_objects, WRITE
+            return bucket_ops.delete_objects, WRITE
     else:
         if m in ("GET", "HEAD"):
             if "tagging" in q:
-                return h.get_tagging, READ
+                return object_ops.get_tagging, READ
             if "uploadId" in q:
-                return h.list_parts, WRITE
+                return multipart_ops.list_parts, WRITE
             _refuse_subresources(q)
-            return h.get_object, READ
+            return object_ops.get_object, READ
         if m == "PUT":
             if "tagging" in q:
-                return h.put_tagging, WRITE
+                return object_ops.put_tagging, WRITE
             if "uploadId" in q or "partNumber" in q:
-                return h.upload_part, WRITE
+                return multipart_ops.upload_part, WRITE
             _refuse_subresources(q)
             if "x-amz-copy-source" in hdr:
-                return h.copy_object, WRITE
-            return h.put_object, WRITE
+                return object_ops.copy_object, WRITE
+            return object_ops.put_object, WRITE
         if m == "DELETE":
             if "tagging" in q:
-                return h.delete_tagging, WRITE
+                return object_ops.delete_tagging, WRITE
             if "uploadId" in q:
-                return h.abort_upload, WRITE
+                return multipart_ops.abort_upload, WRITE
             _refuse_subresources(q)
-            return h.delete_object, WRITE
+            return object_ops.delete_object, WRITE
         if m == "POST":
             if "uploads" in q:
-                return h.create_upload, WRITE
+                return multipart_ops.create_upload, WRITE
             if "uploadId" in q:
-                return h.complete_upload, WRITE
+                return multipart_ops.complete_upload, WRITE
     raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.")
 
 

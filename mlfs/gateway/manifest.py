@@ -11,8 +11,8 @@ from __future__ import annotations
 from mlfs.errors import ManifestError
 from mlfs.gateway.context import Gateway
 from mlfs.gateway.errors import S3Error
-from mlfs.gateway.handlers import require_bucket
 from mlfs.gateway.http import Request, Responder
+from mlfs.gateway.inputs import require_bucket
 from mlfs.gateway.objects import CHUNK_SIZE
 from mlfs.manifest.model import FileEntry, Manifest, Source
 from mlfs.manifest.validate import parse_manifest
