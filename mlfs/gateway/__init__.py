@@ -24,6 +24,7 @@ Modules, one concern each:
     manifest    the ?mlfs-manifest endpoint
     app         routing and authorisation: request → handler
     upstream    optional cache-through from an upstream S3
+    tasks       nurseries that surface a single failure as itself
     server      hypercorn on trio: listen, log readiness, stop on SIGTERM
 """
 

@@ -7,8 +7,11 @@ raises an S3Error before anything is committed; the caller aborts the upload.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import AsyncIterator
+
+import trio
 
 from mlfs.gateway.chunked import AwsChunkedDecoder
 from mlfs.gateway.errors import S3Error
@@ -16,6 +19,10 @@ from mlfs.gateway.http import Request
 from mlfs.gateway.sigv4 import STREAMING_SIGNED, STREAMING_SIGNED_TRAILER
 
 BLOCK = 1 << 20
+# A body that stalls this long is abandoned (the upload aborts, the socket closes). It is
+# checked here, per body read, rather than by the HTTP server, whose read timeout would
+# also cut long downloads to clients that have nothing more to send.
+STALL_SECONDS = float(os.environ.get("MLFS_GATEWAY_BODY_TIMEOUT_SECONDS", "60"))
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -61,7 +68,11 @@ class RequestBody:
         pending: list[bytes] = []
         pending_size = 0
         while True:
-            message = await self.request.receive()
+            try:
+                with trio.fail_after(STALL_SECONDS):
+                    message = await self.request.receive()
+            except trio.TooSlowError:
+                raise S3Error("RequestTimeout", "Your socket connection to the server was not read from or written to within the timeout period.") from None
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             data = message.get("body", b"")

@@ -18,6 +18,7 @@ from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request, http_date
 from mlfs.gateway.names import check_key
 from mlfs.gateway.objects import ObjectSink
+from mlfs.gateway.tasks import open_nursery
 from mlfs.gateway.xmlout import quote_etag
 
 MAX_PARTS = 10000
@@ -91,7 +92,7 @@ async def receive_into(gw: Gateway, body: RequestBody, sink: ObjectSink) -> None
             async for block in receive_channel:
                 await gw.run(sink.write, block)
 
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         nursery.start_soon(write_blocks)
         async with send_channel:
             async for block in body.blocks():

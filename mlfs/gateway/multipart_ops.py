@@ -32,6 +32,7 @@ from mlfs.gateway.inputs import (
 )
 from mlfs.gateway.names import check_key
 from mlfs.gateway.objects import CHUNK_SIZE, READ_BLOCK, ObjectSink
+from mlfs.gateway.tasks import open_nursery
 from mlfs.gateway.xmlout import quote_etag
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ async def complete_upload(gw: Gateway, req: Request, resp: Responder) -> None:
     # which SDKs check for on CompleteMultipartUpload.
     keepalive = _KeepAlive(resp, gw.keepalive_seconds)
     try:
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             nursery.start_soon(keepalive.run)
             try:
                 await assemble_and_commit()

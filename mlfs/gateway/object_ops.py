@@ -36,6 +36,7 @@ from mlfs.gateway.inputs import (
 )
 from mlfs.gateway.names import check_key
 from mlfs.gateway.objects import CHUNK_SIZE, EMPTY_SHA256, READ_BLOCK
+from mlfs.gateway.tasks import open_nursery
 from mlfs.gateway.xmlout import quote_etag
 
 MAX_OBJECT = 5 * 1024**3
@@ -168,7 +169,7 @@ async def send_object(gw: Gateway, rec: ObjectRecord, start: int, end: int, stat
                     offset += len(block)
                     await send_channel.send(block)
 
-        async with trio.open_nursery() as nursery:
+        async with open_nursery() as nursery:
             nursery.start_soon(read_blocks, start + len(first))
             await resp.body(first, True)
             async with receive_channel:

@@ -37,7 +37,6 @@ class GatewayConfig:
     upstream: str | None = None  # s3://bucket[/prefix] for cache-through mode
     threads: int = 16
     header_timeout: float = 5.0  # a client must finish its request headers in this time
-    read_timeout: float = 60.0  # ... and never stall a body longer than this
     grace: float = 2.0  # in-flight requests get this long after SIGTERM
     # A slow CompleteMultipartUpload starts its 200 response and sends whitespace this often.
     complete_keepalive: float = field(
@@ -68,7 +67,9 @@ async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
     hc = HypercornConfig()
     hc.bind = [f"{config.host}:{config.port}"]
     hc.keep_alive_timeout = config.header_timeout
-    hc.read_timeout = int(config.read_timeout)
+    # No hypercorn read timeout: it would also close long downloads to clients that
+    # send nothing meanwhile. Stalled request bodies time out in RequestBody instead.
+    hc.read_timeout = None
     hc.graceful_timeout = config.grace
     hc.accesslog = None
     hc.errorlog = logging.getLogger("mlfs.gateway.hypercorn")

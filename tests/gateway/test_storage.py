@@ -152,8 +152,9 @@ def _signed_aws_chunked(server: GatewayServer, path: str, data: bytes, tamper: b
     return dict(request.headers.items()), bytes(body)
 
 
-def test_aws_chunked_signed_upload(gateway: GatewayServer, bucket: str) -> None:
-    data = os.urandom(300_000)
+@pytest.mark.parametrize("size", [300_000, 3 * MiB])  # one-trip small path and streamed path
+def test_aws_chunked_signed_upload(gateway: GatewayServer, bucket: str, size: int) -> None:
+    data = os.urandom(size)
     headers, body = _signed_aws_chunked(gateway, f"/{bucket}/streamed", data)
     status, reply = send_raw(gateway, "PUT", f"/{bucket}/streamed", headers, body)
     assert status == 200, reply
@@ -371,5 +372,35 @@ def test_slow_complete_sends_keepalive_whitespace(tmp_path: Path) -> None:
         assert reply.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n ')
         assert b"<CompleteMultipartUploadResult" in reply
         assert c.get_object(Bucket="keepalive", Key="k")["Body"].read() == b"".join(parts_data)
+    finally:
+        server.stop()
+
+
+def test_stalled_body_times_out_but_slow_download_does_not(tmp_path: Path) -> None:
+    server = start_gateway(tmp_path, env={"MLFS_GATEWAY_BODY_TIMEOUT_SECONDS": "1"})
+    assert server.data_dir is not None
+    try:
+        c = server.client()
+        c.create_bucket(Bucket="timeouts")
+        sock = _start_slow_upload(server, "timeouts", "stalled", total=4 * MiB, sent=1 * MiB)
+        sock.settimeout(10)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 400") and b"<Code>RequestTimeout</Code>" in reply
+        with pytest.raises(botocore.exceptions.ClientError):
+            c.head_object(Bucket="timeouts", Key="stalled")
+        assert not any((server.data_dir / "store" / "tmp").iterdir())
+        # A download that takes longer than the body timeout, from a client that sends
+        # nothing meanwhile, is not cut short.
+        data = os.urandom(8 * MiB)
+        c.put_object(Bucket="timeouts", Key="slow-read", Body=data)
+        body = c.get_object(Bucket="timeouts", Key="slow-read")["Body"]
+        got = bytearray()
+        while block := body.read(2 * MiB):
+            got += block
+            time.sleep(0.8)
+        assert bytes(got) == data
     finally:
         server.stop()
