@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlfs.config import MountOptions
-from mlfs.errors import MountError
+from mlfs.errors import ConfigError, MountError
+from mlfs.manifest.model import Manifest
 from mlfs.manifest.validate import load_manifest
 from mlfs.s3.client import S3Settings, make_client
 from mlfs.store.chunks import ChunkStore
+
+if TYPE_CHECKING:
+    from mlfs.mount_policy import MountPolicy
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,7 @@ def mount_artifact(
     if opts.log_file is not None:
         opts.log_file = opts.log_file.absolute()
     store = ChunkStore(opts.cache, opts.cache_size)
+    policy = build_policy(manifest, opts)
     settings = SessionSettings(
         mountpoint=path,
         uid=opts.uid,
@@ -71,7 +77,7 @@ def mount_artifact(
     # The S3 client is created after the fork: boto3 sessions and their connection
     # pools must not cross a fork.
     client = make_client(s3_settings(opts))
-    session = MountSession(manifest, store, client, settings)
+    session = MountSession(manifest, store, client, settings, policy)
     try:
         session.run(report)
     except MountError as exc:
@@ -80,6 +86,55 @@ def mount_artifact(
     except BaseException as exc:
         report(f"mount failed: {exc}")
         raise
+
+
+def build_policy(manifest: Manifest, opts: MountOptions) -> MountPolicy | None:
+    """Load and validate every rule layer; invalid rules stop the mount before it starts."""
+    import os
+
+    from mlfs.mount_policy import MountPolicy
+    from mlfs.policy import LearnedPrefetch, PolicyEngine, parse_workload
+
+    if not opts.policy:
+        if opts.rules or opts.template or opts.learn_prefetch:
+            raise ConfigError("--no-policy cannot be combined with --rules, --template or --learn-prefetch")
+        return None
+    engine = PolicyEngine.load(
+        manifest,
+        user_files=[str(p) for p in opts.rules],
+        env=os.environ.get("MLFS_ENV") or None,
+        templates=opts.template,
+        store_size=opts.cache_size,
+    )
+    workload_text = opts.workload or os.environ.get("MLFS_WORKLOAD")
+    workload = parse_workload(workload_text) if workload_text else None
+    learned = LearnedPrefetch(opts.cache, manifest) if opts.learn_prefetch else None
+    return MountPolicy(engine, manifest, workload, learned)
+
+
+def status(mountpoint: str | Path) -> dict:
+    from mlfs.fuse.mountpoints import find_mount
+    from mlfs.runinfo import read_info
+
+    info = find_mount(mountpoint)
+    if info is None or not info.is_mlfs:
+        raise MountError(f"{Path(mountpoint).absolute()} is not an mlfs mount")
+    doc = read_info(mountpoint)
+    if doc is None:
+        raise MountError(f"no statistics published for {Path(mountpoint).absolute()} yet")
+    return doc
+
+
+def reload_rules(mountpoint: str | Path) -> int:
+    import os
+    import signal
+
+    pid = int(status(mountpoint)["pid"])
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise MountError(f"the mlfs process of {mountpoint} (pid {pid}) is gone") from None
+    return pid
 
 
 def unmount(mountpoint: str | Path) -> str:

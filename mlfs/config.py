@@ -49,6 +49,12 @@ class MountOptions:
     read_ahead_max: int = 8  # chunks in flight ahead of a sequential reader
     wait_prefetch: bool = False
     log_file: Path | None = None
+    # policy engine
+    policy: bool = True
+    rules: list[Path] = field(default_factory=list)
+    template: list[str] = field(default_factory=list)
+    workload: str | None = None
+    learn_prefetch: bool = False
 
     def apply(self, key: str, value: str | None) -> None:
         """Set one option from `-o key=value` (dashes and underscores are equivalent)."""
@@ -57,6 +63,11 @@ class MountOptions:
         if name not in known:
             raise ConfigError(f"unknown mount option {key!r} (known: {', '.join(sorted(known))})")
         current = getattr(self, name)
+        if isinstance(current, list):  # repeatable: -o rules=a.yaml,rules=b.yaml
+            if not value:
+                raise ConfigError(f"option {name} needs a value ({name}=...)")
+            current.append(Path(value) if name == "rules" else value)
+            return
         setattr(self, name, _coerce(name, value, current))
 
     def validate(self) -> None:
@@ -69,7 +80,7 @@ class MountOptions:
 
 
 def _coerce(name: str, value: str | None, current: Any) -> Any:
-    if name in ("allow_other", "wait_prefetch"):
+    if name in ("allow_other", "wait_prefetch", "policy", "learn_prefetch"):
         if value is None or value.lower() in ("1", "true", "yes", "on"):
             return True
         if value.lower() in ("0", "false", "no", "off"):

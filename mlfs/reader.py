@@ -2,18 +2,21 @@
 
 `ArtifactReader` owns the per-artifact read path: which chunks cover a byte range,
 fetching them (through `ChunkFetcher`, verified), read-ahead for sequential readers and
-prefetch. The FUSE adapter, the gateway and other consumers all read through it.
+prefetch. The FUSE adapter, the gateway and other consumers all read through it; the
+policy layer (`mlfs.mount_policy`) tunes it per file through `OpenFile` settings and
+read listeners.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
-from mlfs.errors import MlfsError
+from mlfs.errors import ChunkIntegrityError, MlfsError
 from mlfs.fetch.fetcher import ChunkFetcher
 from mlfs.manifest.model import FileEntry, Manifest
 from mlfs.store.chunks import ChunkStore
@@ -23,10 +26,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReadAheadSettings:
-    """Window in chunks: starts at `start`, doubles per sequential read up to `max`."""
+    """Window in chunks: starts at `start`, doubles while sequential, up to `max`.
+
+    `drop_behind` marks chunks the reader has passed as first to evict, so a stream
+    read once does not push out data that will be read again.
+    """
 
     start: int = 1
     max: int = 8
+    drop_behind: bool = False
+
+
+# listener(entry, offset, length, handle) after every successful read
+ReadListener = Callable[[FileEntry, int, int, "OpenFile | None"], None]
 
 
 class OpenFile:
@@ -40,15 +52,20 @@ class OpenFile:
         self.next_offset = 0
         self.sequential_reads = 0
         self.bytes_read = 0
+        self.pid: int | None = None
+        self.policy_state: object = None  # owned by the policy layer
         self._ahead_until = 0  # chunks below this index have been scheduled
+        self._behind = 0  # chunks below this index were dropped behind
 
     async def read(self, offset: int, size: int) -> bytes:
         self._observe(offset)
-        data = await self.reader.read_range(self.entry, offset, size)
+        data = await self.reader.read_range(self.entry, offset, size, self)
         self.next_offset = offset + len(data)
         self.bytes_read += len(data)
         if self.window:
             self._schedule_read_ahead(offset + len(data))
+            if self.settings.drop_behind:
+                self._drop_behind(offset)
         return data
 
     def _observe(self, offset: int) -> None:
@@ -72,11 +89,18 @@ class OpenFile:
     def _schedule_read_ahead(self, position: int) -> None:
         chunk = self.reader.chunk_size
         first = position // chunk + 1
-        last = min(len(self.entry.chunks), first + self.window)
+        last = min(len(self.entry.chunks), first + min(self.window, self.settings.max))
         begin = max(first, self._ahead_until)
         for index in range(begin, last):
             self.reader.fetch_in_background(self.entry, index)
         self._ahead_until = max(self._ahead_until, last)
+
+    def _drop_behind(self, offset: int) -> None:
+        # Keep the chunk being read and the one before it (the kernel reorders a little).
+        current = offset // self.reader.chunk_size
+        for index in range(self._behind, max(0, current - 1)):
+            self.reader.store.demote(self.entry.chunks[index])
+        self._behind = max(self._behind, current - 1)
 
 
 class ArtifactReader:
@@ -94,47 +118,61 @@ class ArtifactReader:
         self.chunk_size = manifest.chunk_size
         self.nursery = nursery
         self.read_ahead = read_ahead or ReadAheadSettings()
+        self.listeners: list[ReadListener] = []
 
-    def open(self, entry: FileEntry) -> OpenFile:
-        return OpenFile(self, entry, self.read_ahead)
+    def open(self, entry: FileEntry, settings: ReadAheadSettings | None = None) -> OpenFile:
+        base = settings or self.read_ahead
+        return OpenFile(self, entry, ReadAheadSettings(base.start, base.max, base.drop_behind))
 
-    async def read_range(self, entry: FileEntry, offset: int, size: int) -> bytes:
+    async def read_range(self, entry: FileEntry, offset: int, size: int, handle: OpenFile | None = None) -> bytes:
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
-        if first == last:
-            digest = await self.fetcher.ensure(entry, first)
-            # A page-cache-hot pread of at most a few MiB is faster inline than the
-            # round trip to a worker thread.
-            return self.store.pread(digest, offset - first * cs, end - offset)
         # Start every covered chunk at once, then stitch the pieces in order.
         for i in range(first + 1, last + 1):
             self.fetch_in_background(entry, i)
         parts = []
         for i in range(first, last + 1):
-            digest = await self.fetcher.ensure(entry, i)
             lo = max(offset, i * cs) - i * cs
             hi = min(end, (i + 1) * cs) - i * cs
-            parts.append(self.store.pread(digest, lo, hi - lo))
-        return b"".join(parts)
+            parts.append(await self._read_chunk(entry, i, lo, hi - lo))
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        for listener in self.listeners:
+            listener(entry, offset, len(data), handle)
+        return data
+
+    async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int) -> bytes:
+        digest = await self.fetcher.ensure(entry, index)
+        try:
+            # A page-cache-hot pread of at most a few MiB is faster inline than the
+            # round trip to a worker thread.
+            return self.store.pread(digest, offset, size)
+        except ChunkIntegrityError:
+            # Evicted (by this or another process) between fetch and read: fetch again.
+            self.fetcher.forget(digest)
+            digest = await self.fetcher.ensure(entry, index)
+            return self.store.pread(digest, offset, size)
 
     def fetch_in_background(self, entry: FileEntry, index: int) -> None:
         digest = entry.chunks[index]
         if self.fetcher.is_ready(digest) or self.fetcher.is_in_flight(digest):
             return
-        self.nursery.start_soon(self._fetch_quietly, entry, index)
+        self.nursery.start_soon(self.fetch_quietly, entry, index)
 
-    async def _fetch_quietly(self, entry: FileEntry, index: int) -> None:
+    async def fetch_quietly(self, entry: FileEntry, index: int) -> bool:
+        """Fetch one chunk; never raises (the foreground read reports errors)."""
         # Background fetches must never take the mount down; the foreground read of
         # the same chunk reports the error to the reader that needs it.
         try:
             await self.fetcher.ensure(entry, index)
+            return True
         except MlfsError as exc:
             log.debug("background fetch of %s chunk %d failed: %s", entry.path, index, exc)
         except Exception:
             log.exception("background fetch of %s chunk %d failed unexpectedly", entry.path, index)
+        return False
 
     def prefetch_entries(self) -> list[FileEntry]:
         """Files named by the manifest's prefetch globs (matched on path and basename)."""
@@ -148,7 +186,21 @@ class ArtifactReader:
 
     async def prefetch(self, entries: list[FileEntry]) -> None:
         """Fetch every chunk of `entries`, concurrently within the fetch limiter."""
+        await self.prefetch_chunks([(e, i) for e in entries for i in range(len(e.chunks))])
+
+    async def prefetch_chunks(self, chunks: list[tuple[FileEntry, int]], parallel: int = 64,
+                              on_fetched: Callable[[FileEntry, int], None] | None = None) -> None:
+        """Fetch chunks in list order, at most `parallel` at a time."""
+        limit = trio.Semaphore(max(1, parallel))
+
+        async def one(entry: FileEntry, index: int) -> None:
+            try:
+                if await self.fetch_quietly(entry, index) and on_fetched is not None:
+                    on_fetched(entry, index)
+            finally:
+                limit.release()
+
         async with trio.open_nursery() as n:
-            for entry in entries:
-                for index in range(len(entry.chunks)):
-                    n.start_soon(self._fetch_quietly, entry, index)
+            for entry, index in chunks:
+                await limit.acquire()
+                n.start_soon(one, entry, index)

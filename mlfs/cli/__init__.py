@@ -10,8 +10,9 @@ import click
 from mlfs import __version__
 from mlfs.cli.common import run_command
 from mlfs.cli.generate import generate
-from mlfs.cli.mount import mount, unmount
+from mlfs.cli.mount import mount, reload, status, unmount
 from mlfs.cli.rules import rules
+from mlfs.cli.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,9 @@ def main() -> None:
 main.add_command(generate)
 main.add_command(mount)
 main.add_command(unmount)
+main.add_command(status)
+main.add_command(reload)
 main.add_command(rules)
+main.add_command(serve)
 
 __all__ = ["main", "run_command"]

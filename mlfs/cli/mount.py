@@ -25,12 +25,19 @@ from mlfs.config import MountOptions, parse_o_options, parse_size
 @click.option("--max-threads", type=int, help="Concurrent S3 range GETs [16].")
 @click.option("--read-ahead-max", type=int, help="Chunks fetched ahead of a sequential reader [8].")
 @click.option("--wait-prefetch", is_flag=True, default=None, help="Return only after prefetched files are local.")
+@click.option("--rules", "rules_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Policy rule file (repeatable; the last layer, see rules/README.md).")
+@click.option("--template", "templates", multiple=True, help="Policy template to apply (repeatable).")
+@click.option("--workload", help="FRAMEWORK[:PHASE] for policy conditions [$MLFS_WORKLOAD, else detected].")
+@click.option("--learn-prefetch", is_flag=True, default=None,
+              help="Record what is read after mount; later mounts of the artifact prefetch it first.")
+@click.option("--no-policy", is_flag=True, default=False, help="Apply no policy rules at all.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log [CACHE/mount.log].")
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE[,...]", help="Any flag above as a mount option.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def mount(paths, manifest_opt, foreground, cache, cache_size, allow_other, uid, gid,
-          endpoint_url, region, profile, max_threads, read_ahead_max, wait_prefetch, log_file, options,
-          verbose) -> None:
+          endpoint_url, region, profile, max_threads, read_ahead_max, rules_files, templates, workload,
+          learn_prefetch, no_policy, wait_prefetch, log_file, options, verbose) -> None:
     """Mount MANIFEST read-only at MOUNTPOINT; bytes are fetched lazily and verified."""
     setup_logging(verbose)
 
@@ -58,6 +65,14 @@ def mount(paths, manifest_opt, foreground, cache, cache_size, allow_other, uid, 
         for key, value in flags.items():
             if value is not None:
                 setattr(opts, key, value)
+        opts.rules.extend(rules_files)
+        opts.template.extend(templates)
+        if workload:
+            opts.workload = workload
+        if learn_prefetch:
+            opts.learn_prefetch = True
+        if no_policy:
+            opts.policy = False
         mount_artifact(manifest, mountpoint, opts, foreground, say=lambda m: click.echo(m, err=True))
 
     run_command(body)
@@ -72,5 +87,33 @@ def unmount(mountpoint: Path) -> None:
         from mlfs.app import unmount as do_unmount
 
         click.echo(f"mlfs: {do_unmount(mountpoint)}", err=True)
+
+    run_command(body)
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+def status(mountpoint: Path) -> None:
+    """Print a mount's statistics as JSON (fetches, store, per-rule policy counters)."""
+    import json
+
+    def body() -> None:
+        from mlfs.app import status as get_status
+
+        click.echo(json.dumps(get_status(mountpoint), indent=1))
+
+    run_command(body)
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+def reload(mountpoint: Path) -> None:
+    """Reload a mount's policy rules (same as sending it SIGHUP)."""
+
+    def body() -> None:
+        from mlfs.app import reload_rules
+
+        pid = reload_rules(mountpoint)
+        click.echo(f"mlfs: asked the mount process {pid} to reload its rules", err=True)
 
     run_command(body)

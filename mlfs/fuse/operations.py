@@ -38,7 +38,7 @@ class MlfsOperations(pyfuse3.Operations):
         self.mount_time_ns = time.time_ns()
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = itertools.count(1)
-        self.on_open: Any = None  # optional hook(entry, OpenFile, ctx) for the policy engine
+        self.on_open: Any = None  # optional hook(entry, OpenFile, pid) for the policy layer
 
     # ---------------------------------------------------------------- helpers
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -130,7 +130,7 @@ class MlfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         handle = self.reader.open(node.entry)
         if self.on_open is not None:
-            self.on_open(node.entry, handle, ctx)
+            self.on_open(node.entry, handle, getattr(ctx, "pid", None))
         fh = next(self._next_fh)
         self._handles[fh] = handle
         # keep_cache: the file never changes while mounted, so pages read once stay

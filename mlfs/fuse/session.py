@@ -8,10 +8,11 @@ daemon never leaves a dead mount behind.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,15 @@ from typing import Any
 import pyfuse3
 import trio
 
-from mlfs.errors import MountError
+from mlfs.errors import MlfsError, MountError
 from mlfs.fetch.fetcher import ChunkFetcher
 from mlfs.fuse.inodes import InodeTable
 from mlfs.fuse.mountpoints import find_mount, tune_kernel_read_ahead
 from mlfs.fuse.operations import MlfsOperations
 from mlfs.manifest.model import Manifest
+from mlfs.mount_policy import MountPolicy, save_learned_after
 from mlfs.reader import ArtifactReader, ReadAheadSettings
+from mlfs.runinfo import remove_info, write_info
 from mlfs.store.chunks import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -41,11 +44,21 @@ class SessionSettings:
     read_ahead_max: int = 8
     kernel_read_ahead_kib: int = 8192
     wait_prefetch: bool = False
+    learn_seconds: float = 30.0
+    stats_interval: float = 2.0
 
 
 class MountSession:
-    def __init__(self, manifest: Manifest, store: ChunkStore, client: Any, settings: SessionSettings) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        store: ChunkStore,
+        client: Any,
+        settings: SessionSettings,
+        policy: MountPolicy | None = None,
+    ) -> None:
         self.manifest = manifest
+        self.policy = policy
         self.store = store
         self.client = client
         self.settings = settings
@@ -53,9 +66,6 @@ class MountSession:
         self.reader: ArtifactReader | None = None
         self.fetcher: ChunkFetcher | None = None
         self.ops: MlfsOperations | None = None
-        # Hooks for layers above (policy engine): called inside the trio run.
-        self.on_started: Callable[[MountSession, trio.Nursery], Awaitable[None]] | None = None
-        self.on_reload: Callable[[], None] | None = None
 
     def fuse_options(self) -> set[str]:
         opts = set(pyfuse3.default_options) | {"fsname=mlfs", "subtype=mlfs", "ro"}
@@ -67,6 +77,13 @@ class MountSession:
         """Mount, call `report_ready(None)` once live (or with the error), serve, unmount."""
         try:
             trio.run(self._main, report_ready)
+        except BaseExceptionGroup as group:
+            # Nurseries wrap task errors in groups; a domain error inside is what the
+            # user needs to see, as itself.
+            domain = group.subgroup(lambda e: isinstance(e, MlfsError))
+            if domain is not None:
+                raise _first_leaf(domain) from None
+            raise
         finally:
             self.store.close()
 
@@ -80,6 +97,8 @@ class MountSession:
                 ReadAheadSettings(start=1, max=s.read_ahead_max),
             )
             self.ops = MlfsOperations(self.table, self.reader, s.uid, s.gid)
+            if self.policy is not None:
+                self.ops.on_open = self.policy.on_open
             try:
                 pyfuse3.init(self.ops, str(s.mountpoint), self.fuse_options())
             except RuntimeError as exc:
@@ -89,14 +108,15 @@ class MountSession:
             try:
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self._tune_read_ahead)
-                if self.on_started is not None:
-                    await self.on_started(self, nursery)
-                entries = self.reader.prefetch_entries()
-                if entries:
-                    if s.wait_prefetch:
-                        await self.reader.prefetch(entries)
-                    else:
-                        nursery.start_soon(self.reader.prefetch, entries)
+                if s.wait_prefetch:
+                    await self._prefetch_at_mount()
+                else:
+                    nursery.start_soon(self._prefetch_at_mount)
+                learned = self.policy.learned if self.policy is not None else None
+                if learned is not None:
+                    learned.start()
+                    nursery.start_soon(save_learned_after, learned, s.learn_seconds)
+                nursery.start_soon(self._publish_statistics)
                 report_ready(None)
                 log.info("mounted %s %s at %s", self.manifest.name, self.manifest.version, s.mountpoint)
                 await pyfuse3.main()
@@ -104,7 +124,47 @@ class MountSession:
                 nursery.cancel_scope.cancel()
                 # close() unmounts; with files still open the kernel detaches lazily.
                 pyfuse3.close(unmount=True)
+                self._finish()
                 log.info("unmounted %s", s.mountpoint)
+
+    async def _prefetch_at_mount(self) -> None:
+        entries = self.reader.prefetch_entries()
+        if self.policy is not None:
+            await self.policy.at_mount(self.reader)
+        if entries:
+            await self.reader.prefetch(entries)
+
+    def statistics(self) -> dict[str, Any]:
+        fetch = self.fetcher.statistics() if self.fetcher else None
+        doc: dict[str, Any] = {
+            "pid": os.getpid(),
+            "mountpoint": str(self.settings.mountpoint),
+            "manifest": {"name": self.manifest.name, "version": self.manifest.version},
+            "cache": str(self.store.root),
+            "fetch": dataclasses.asdict(fetch) if fetch else {},
+            "store": {"bytes": self.store.usage, "budget": self.store.budget},
+            "open_files": self.ops.statistics()["open_files"] if self.ops else 0,
+        }
+        if self.policy is not None:
+            doc["policy"] = self.policy.statistics()
+        return doc
+
+    async def _publish_statistics(self) -> None:
+        while True:
+            try:
+                write_info(self.settings.mountpoint, self.statistics())
+            except OSError as exc:
+                log.info("cannot write mount statistics: %s", exc)
+            await trio.sleep(self.settings.stats_interval)
+
+    def _finish(self) -> None:
+        learned = self.policy.learned if self.policy is not None else None
+        if learned is not None:
+            try:
+                learned.save()
+            except OSError as exc:
+                log.info("cannot save the learned prefetch list: %s", exc)
+        remove_info(self.settings.mountpoint)
 
     async def _tune_read_ahead(self) -> None:
         # The kernel takes its read-ahead size from our INIT reply, which pyfuse3 sends
@@ -114,7 +174,7 @@ class MountSession:
         if not s.kernel_read_ahead_kib:
             return
         with trio.move_on_after(30):
-            await trio.to_thread.run_sync(os.stat, s.mountpoint, cancellable=True)
+            await trio.to_thread.run_sync(os.stat, s.mountpoint, abandon_on_cancel=True)
             info = find_mount(s.mountpoint)
             if info is None or not tune_kernel_read_ahead(info, s.kernel_read_ahead_kib):
                 log.info("could not raise the kernel read-ahead for %s (needs root)", s.mountpoint)
@@ -123,9 +183,15 @@ class MountSession:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    if self.on_reload is not None:
-                        self.on_reload()
+                    if self.policy is not None:
+                        self.policy.reload()
                     continue
                 log.info("signal %d: unmounting", signum)
                 pyfuse3.terminate()
                 return
+
+
+def _first_leaf(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group

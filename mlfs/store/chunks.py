@@ -77,6 +77,11 @@ class ChunkStore:
     def path(self, digest: str) -> Path:
         return self.chunk_dir / digest[:2] / digest
 
+    @property
+    def usage(self) -> int:
+        """Bytes of chunks in the store (as this process accounts them)."""
+        return self._usage
+
     def contains(self, digest: str) -> bool:
         return self.path(digest).exists()
 
@@ -126,6 +131,15 @@ class ChunkStore:
     def unpin(self, digests: set[str] | list[str]) -> None:
         with self._lock:
             self._pinned.difference_update(digests)
+
+    def demote(self, digest: str) -> None:
+        """Make a chunk the first candidate for eviction (drop-behind, `cache: none`)."""
+        self._touched[digest] = time.monotonic()
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(digest), (0, 0))
+
+    def is_pinned(self, digest: str) -> bool:
+        return digest in self._pinned
 
     def quarantine(self, digest: str, why: str) -> None:
         src = self.path(digest)
