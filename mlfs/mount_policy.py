@@ -130,8 +130,9 @@ class MountPolicy:
         chunks = [(files[c.path], c.index) for c in self.learned.load() if c.path in files]
         if chunks:
             log.info("learned prefetch: %d chunks recorded by an earlier mount", len(chunks))
-            await reader.prefetch_chunks(chunks, parallel=8,
-                                         on_fetched=lambda e, i: self._mark_prefetched(e, i, "learned-prefetch"))
+            for e, i in chunks:
+                self._mark_prefetched(e, i, "learned-prefetch")
+            await reader.prefetch_chunks(chunks, parallel=8)
 
     def _pin(self, entry: FileEntry, d: FileDecision) -> None:
         budget = self.engine.pin_budget
@@ -194,9 +195,14 @@ class MountPolicy:
         except MlfsError as exc:
             log.info("prefetch of %s skipped: %s", entry.path, exc)
             return
-        todo = [(entry, i) for i in indices if not reader.fetcher.is_ready(entry.chunks[i])]
-        await reader.prefetch_chunks(todo, parallel=max(1, d.stream_parallel),
-                                     on_fetched=lambda e, i: self._mark_prefetched(e, i, rule))
+        fetcher = reader.fetcher
+        todo = [(entry, i) for i in indices
+                if not fetcher.is_ready(entry.chunks[i]) and not fetcher.is_in_flight(entry.chunks[i])]
+        # Claim the chunks before fetching: a reader may get to them while they are in
+        # flight, and that read is exactly what the prefetch was for.
+        for e, i in todo:
+            self._mark_prefetched(e, i, rule)
+        await reader.prefetch_chunks(todo, parallel=max(1, d.stream_parallel))
 
     def _mark_prefetched(self, entry: FileEntry, index: int, rule: str) -> None:
         start, end = entry.chunk_range(index, self.manifest.chunk_size)

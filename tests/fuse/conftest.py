@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xxhash
 from safetensors.numpy import save_file
 
 from tests.mlfs_cli import mlfs, mounted, require_fuse
@@ -123,3 +124,26 @@ def corrupt_byte(path: Path, offset: int) -> None:
         os.pwrite(fd, bytes([b[0] ^ 0xFF]), offset)
     finally:
         os.close(fd)
+
+
+GIB = 1 << 30
+
+
+@pytest.fixture(scope="session")
+def big_object(artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    base = tmp_path_factory.mktemp("big")
+    src = base / "big.bin"
+    rng = np.random.default_rng(99)
+    digest = xxhash.xxh3_128()
+    with open(src, "wb") as fh:
+        for _ in range(GIB // (64 << 20)):
+            block = rng.bytes(64 << 20)
+            digest.update(block)
+            fh.write(block)
+    client = artifact.server.client()
+    client.create_bucket(Bucket="bigdata")
+    client.upload_file(str(src), "bigdata", "big/v1/big.bin")
+    manifest = base / "big.json"
+    mlfs("generate", "s3://bigdata/big/v1/", "-o", manifest, "-q", env=artifact.env)
+    src.unlink()  # only the digest is needed from here on
+    return manifest, digest.hexdigest()

@@ -5,34 +5,10 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import numpy as np
-import pytest
 import xxhash
 
-from tests.fuse.conftest import Artifact
-from tests.mlfs_cli import mlfs, mounted
-
-GIB = 1 << 30
-
-
-@pytest.fixture(scope="module")
-def big_object(artifact: Artifact, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    base = tmp_path_factory.mktemp("big")
-    src = base / "big.bin"
-    rng = np.random.default_rng(99)
-    digest = xxhash.xxh3_128()
-    with open(src, "wb") as fh:
-        for _ in range(GIB // (64 << 20)):
-            block = rng.bytes(64 << 20)
-            digest.update(block)
-            fh.write(block)
-    client = artifact.server.client()
-    client.create_bucket(Bucket="bigdata")
-    client.upload_file(str(src), "bigdata", "big/v1/big.bin")
-    manifest = base / "big.json"
-    mlfs("generate", "s3://bigdata/big/v1/", "-o", manifest, "-q", env=artifact.env)
-    src.unlink()  # only the digest is needed from here on
-    return manifest, digest.hexdigest()
+from tests.fuse.conftest import GIB, Artifact
+from tests.mlfs_cli import mounted
 
 
 def test_one_gib_cold_with_sixteen_readers_fetches_each_chunk_once(
