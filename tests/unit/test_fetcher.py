@@ -32,6 +32,11 @@ class Body(io.BytesIO):
             raise botocore.exceptions.ResponseStreamingError(error="connection reset by peer")
         return super().read(min(n, 8192) if n and n > 0 else 8192)
 
+    def readinto(self, buf) -> int:  # short reads, like a socket
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
 
 class FakeS3:
     """get_object with scripted failures: a list of 'ok' / '503' / 'reset' / '412' / 'bad'."""
