@@ -56,17 +56,20 @@ def _with_progress(total: int, quiet: bool, work, counter) -> Any:
 @click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
 @click.option("--region", help="S3 region [$AWS_REGION].")
 @click.option("--profile", help="AWS profile [$AWS_PROFILE].")
+@click.option("--rehash", is_flag=True,
+              help="Always read and hash the objects, even from an mlfs gateway that knows their digests.")
 @click.option("--workers", default=8, show_default=True, help="Objects read in parallel.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", count=True)
 def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, prefetch, no_prefetch,
-             endpoint_url, region, profile, workers, quiet, verbose) -> None:
+             endpoint_url, region, profile, rehash, workers, quiet, verbose) -> None:
     """Build a manifest of an artifact: every file, its size and its SHA-256 digests."""
     setup_logging(verbose)
 
     def body() -> None:
         from mlfs.config import parse_size
         from mlfs.errors import ConfigError
+        from mlfs.manifest import DEFAULT_CHUNK_SIZE
         from mlfs.manifest import generate as gen
         from mlfs.s3.client import S3Settings, make_client, split_s3_url
 
@@ -96,9 +99,17 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
                     lambda: gen.entries_from_local(client, local_dir, bucket, prefix, size, workers, counter),
                     counter)
             else:
-                refs = gen.refs_from_s3(client, bucket, prefix)
-                files = _with_progress(sum(r.size for r in refs), quiet,
-                                       lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
+                from mlfs.manifest.from_gateway import fetch_gateway_manifest
+
+                known = None if rehash or size != DEFAULT_CHUNK_SIZE else fetch_gateway_manifest(client, bucket, prefix)
+                if known is not None:
+                    if not quiet:
+                        click.echo("mlfs: digests from the mlfs gateway (no re-hashing)", err=True)
+                    files, links = known.files, known.symlinks
+                else:
+                    refs = gen.refs_from_s3(client, bucket, prefix)
+                    files = _with_progress(sum(r.size for r in refs), quiet,
+                                           lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
         globs = [] if no_prefetch else (list(prefetch) or meta.get("prefetch") or None)
         manifest = gen.build_manifest(
             name or default_name, version_ or default_version, files, links, globs, size,
