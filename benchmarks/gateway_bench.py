@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import boto3.s3.transfer  # noqa: E402
 
-from tests.gateway.server import start_gateway, start_isolated_seaweedfs  # noqa: E402
-from tests.servers import S3Server  # noqa: E402
+from tests.gateway.server import start_gateway  # noqa: E402
+from tests.servers import S3Server, start_seaweedfs  # noqa: E402
 
 MiB = 1024 * 1024
 TRANSFER = boto3.s3.transfer.TransferConfig(
@@ -109,7 +109,7 @@ def main() -> None:
         with open(src, "wb") as fh:
             for i in range(args.size_mib):
                 fh.write(block[i % 256:] + block[: i % 256])  # distinct blocks, cheap to make
-        servers = {"gateway": start_gateway(work / "gateway"), "seaweedfs": start_isolated_seaweedfs(work / "seaweedfs")}
+        servers = {"gateway": start_gateway(work / "gateway"), "seaweedfs": start_seaweedfs(work / "seaweedfs")}
         try:
             for server in servers.values():
                 server.client().create_bucket(Bucket="bench")

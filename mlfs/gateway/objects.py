@@ -60,8 +60,8 @@ class ObjectStore:
         self.store.close()
 
     # ----------------------------------------------------------------- writes
-    def sink(self, want_sha256: bool = True) -> ObjectSink:
-        return ObjectSink(self, want_sha256)
+    def sink(self, want_sha256: bool = True, want_md5: bool = True) -> ObjectSink:
+        return ObjectSink(self, want_sha256, want_md5)
 
     def commit_object(self, sink: ObjectSink, rec: ObjectRecord) -> None:
         old = self.catalog.put_object(rec, release_owner=sink.owner)
@@ -115,12 +115,13 @@ class ObjectStore:
 
         If every part but the last is a multiple of the chunk size, the parts' chunks
         are the object's chunks as they stand; otherwise the bytes are re-cut into
-        16 MiB chunks (which also yields the whole-object SHA-256 for free). Returns
+        16 MiB chunks. Neither hashes the whole object here (the ETag comes from the
+        part MD5s; the SHA-256 is computed after the client has its answer). Returns
         (chunks, sha256 or None, sink holding new chunks or None).
         """
         if all(p.size % CHUNK_SIZE == 0 for p in parts[:-1]):
             return [d for p in parts for d in p.chunks], None, None
-        sink = self.sink()
+        sink = self.sink(want_sha256=False, want_md5=False)
         try:
             for part in parts:
                 for index, digest in enumerate(part.chunks):
@@ -130,7 +131,7 @@ class ObjectStore:
         except BaseException:
             sink.abort()
             raise
-        return sink.chunks, sink.sha256, sink
+        return sink.chunks, None, sink
 
     def _copy_chunk(self, digest: str, length: int, sink: ObjectSink) -> None:
         if not self.store.ensure_verified(digest):
@@ -181,20 +182,21 @@ class ObjectStore:
 class ObjectSink:
     """One upload's bytes → sealed 16 MiB chunks, MD5 and SHA-256. Blocking; one thread at a time."""
 
-    def __init__(self, objects: ObjectStore, want_sha256: bool) -> None:
+    def __init__(self, objects: ObjectStore, want_sha256: bool, want_md5: bool) -> None:
         self.objects = objects
         self.owner = pending_owner(secrets.token_hex(12))
         self.size = 0
         self.chunks: list[str] = []
         self.committed = False
-        self._md5 = hashlib.md5()
+        self._md5 = hashlib.md5() if want_md5 else None
         self._sha = hashlib.sha256() if want_sha256 else None
         self._writer: ChunkWriter | None = None
         self._in_chunk = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        self._md5.update(view)
+        if self._md5 is not None:
+            self._md5.update(view)
         if self._sha is not None:
             self._sha.update(view)
         self.size += len(view)
@@ -223,10 +225,12 @@ class ObjectSink:
 
     @property
     def md5(self) -> str:
+        assert self._md5 is not None
         return self._md5.hexdigest()
 
     @property
     def md5_digest(self) -> bytes:
+        assert self._md5 is not None
         return self._md5.digest()
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.gateway.server import GatewayServer, start_gateway, start_isolated_seaweedfs
+from tests.gateway.server import GatewayServer, start_gateway
 from tests.servers import S3Server
 
 _names = itertools.count()
@@ -21,16 +21,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]
     finally:
         server.stop()
         assert server.process.returncode == 0, f"mlfs serve did not stop cleanly; see {server.log_path}"
-
-
-@pytest.fixture(scope="session")
-def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    # Overrides the top-level fixture: see start_isolated_seaweedfs for why.
-    server = start_isolated_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["gateway", "seaweedfs"])

@@ -50,21 +50,3 @@ def start_gateway(
     return GatewayServer(endpoint=f"http://127.0.0.1:{port}", process=proc, log_path=log_path,
                          name="gateway", data_dir=data_dir)
 
-
-def start_isolated_seaweedfs(workdir: Path) -> S3Server:
-    """SeaweedFS as `tests.servers` starts it, minus its fixed-port side listeners.
-
-    `weed server -s3` also opens Iceberg (8181) and Lance (9101) listeners on fixed
-    ports, so a second SeaweedFS on the machine (another test session) makes it exit.
-    A wrapper script turns them off.
-    """
-    from unittest import mock
-
-    from tests import servers
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    wrapper = workdir / "weed-no-side-ports"
-    wrapper.write_text(f'#!/bin/sh\nexec "{servers.weed_binary()}" "$@" -s3.port.iceberg=0 -s3.port.lance=0\n')
-    wrapper.chmod(0o755)
-    with mock.patch.object(servers, "weed_binary", lambda: str(wrapper)):
-        return servers.start_seaweedfs(workdir)
