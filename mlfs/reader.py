@@ -189,9 +189,10 @@ class ArtifactReader:
         await self.prefetch_chunks([(e, i) for e in entries for i in range(len(e.chunks))])
 
     async def prefetch_chunks(self, chunks: list[tuple[FileEntry, int]], parallel: int = 64,
-                              on_fetched: Callable[[FileEntry, int], None] | None = None) -> None:
-        """Fetch chunks in list order, at most `parallel` at a time."""
-        limit = trio.Semaphore(max(1, parallel))
+                              on_fetched: Callable[[FileEntry, int], None] | None = None,
+                              limit: trio.Semaphore | None = None) -> None:
+        """Fetch chunks in list order, at most `parallel` at a time (or within a shared `limit`)."""
+        limit = limit or trio.Semaphore(max(1, parallel))
 
         async def one(entry: FileEntry, index: int) -> None:
             try:
