@@ -36,8 +36,8 @@ def test_builtin_rules_for_a_hugging_face_model(hf_engine: PolicyEngine) -> None
     assert config.rule_ids == ("llm-configs-pinned",)
 
     shard = hf_engine.decide(FileContext.from_entry(manifest.file("model-00001-of-00002.safetensors")))
-    assert (shard.prefetch_when, shard.prefetch_what, shard.cache_priority) == ("open", "safetensors", "high")
-    assert shard.rule_for("prefetch") == "safetensors-header-then-tensors"
+    assert (shard.prefetch_when, shard.prefetch_what, shard.cache_priority) == ("mount", "safetensors", "high")
+    assert shard.rule_for("prefetch") == "llm-weights-at-mount"
     assert not shard.pin
 
 
@@ -89,12 +89,14 @@ def test_environment_layer_sits_between_plugins_and_user(tmp_path: Path) -> None
     shard = FileContext.from_entry(manifest.file("model-00001-of-00002.safetensors"))
     serving = WorkloadContext("vllm", "inference")
     prod = PolicyEngine.load(manifest, env="prod", store_size=100 * 1024**3)
-    assert prod.decide(shard, workload=serving).prefetch_when == "mount"
-    assert prod.decide(shard, workload=WorkloadContext("torchrun", "training")).prefetch_when == "open"
+    assert prod.decide(shard, workload=serving).rule_for("prefetch") == "prod-weights-at-mount"
+    training = prod.decide(shard, workload=WorkloadContext("torchrun", "training"))
+    assert training.rule_for("prefetch") == "llm-weights-at-mount"
     assert prod.pin_budget == 50 * 1024**3
     assert [layer.split(":")[0] for layer in prod.ruleset.layers][-1] == "env prod"
 
-    user = write(tmp_path, "user.yaml", "rules:\n  - {id: prod-weights-at-mount, enabled: false}\n")
+    user = write(tmp_path, "user.yaml", "rules:\n  - {id: prod-weights-at-mount, enabled: false}\n"
+                 "  - {id: llm-weights-at-mount, enabled: false}\n")
     mine = PolicyEngine.load(manifest, user_files=[user], env="prod")
     assert mine.decide(shard, workload=serving).prefetch_when == "open"
 
