@@ -48,6 +48,8 @@ class ObjectStore:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.store = ChunkStore(data_dir / "store")
+        # Mounts may share this store; the marker stops them evicting the only copy.
+        self.store.mark_authoritative()
         self.catalog = Catalog(data_dir / "meta.sqlite3")
         self._gc_lock = threading.Lock()
         self._recover()
@@ -97,9 +99,7 @@ class ObjectStore:
             return
         with self._gc_lock:
             for digest in self.catalog.unreferenced(digests):
-                with contextlib.suppress(FileNotFoundError):
-                    self.store.path(digest).unlink()
-                self.store.unpin([digest])
+                self.store.discard(digest)
 
     def _hold(self, owner: str, digest: str) -> None:
         with self._gc_lock:

@@ -35,6 +35,9 @@ _TEMP_MAX_AGE = 3600.0  # temp files older than this belong to dead writers
 _TOUCH_INTERVAL = 60.0  # refresh a chunk's LRU timestamp at most this often
 _MIN_FREE_FRACTION = 0.05  # without a budget, keep this much of the filesystem free
 _OPEN_FDS = 128
+# A store holding the only copy of its data (the gateway's) carries this marker; no
+# process ever evicts from it, whatever budget it was opened with.
+AUTHORITATIVE_MARKER = "AUTHORITATIVE"
 
 
 @dataclass
@@ -72,6 +75,15 @@ class ChunkStore:
         self._xattrs = True
         self._clean_stale_temps()
         self._usage = self._scan_usage()
+        self.authoritative = (self.root / AUTHORITATIVE_MARKER).exists()
+        if self.authoritative and budget is not None:
+            log.info("%s holds authoritative data (an mlfs gateway's); its budget is not enforced", self.root)
+
+    def mark_authoritative(self) -> None:
+        """Declare this store the only copy of its chunks: never evict from it."""
+        (self.root / AUTHORITATIVE_MARKER).write_text(
+            "This chunk store holds the only copy of an mlfs gateway's objects: never evicted.\n")
+        self.authoritative = True
 
     # ------------------------------------------------------------------ paths
     def path(self, digest: str) -> Path:
@@ -132,8 +144,25 @@ class ChunkStore:
         with self._lock:
             self._pinned.difference_update(digests)
 
+    def discard(self, digest: str) -> None:
+        """Delete a chunk nothing needs any more (the owner of the data decides that)."""
+        try:
+            size = self.path(digest).stat().st_size
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._verified.discard(digest)
+            self._pinned.discard(digest)
+            fd = self._fds.pop(digest, None)
+        if fd is not None:
+            os.close(fd)
+        self._account(-size)
+
     def demote(self, digest: str) -> None:
         """Make a chunk the first candidate for eviction (drop-behind, `cache: none`)."""
+        if self.authoritative:
+            return
         self._touched[digest] = time.monotonic()
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(digest), (0, 0))
@@ -159,6 +188,8 @@ class ChunkStore:
 
     def evict_if_needed(self) -> None:
         """Delete least recently used, unpinned chunks until the store fits its budget."""
+        if self.authoritative:
+            return
         excess = self._excess()
         if excess <= 0:
             return

@@ -100,3 +100,20 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StoreError, match="cache directory"):
         ChunkStore(blocker / "sub")
+
+
+def test_authoritative_store_is_never_evicted(tmp_path: Path) -> None:
+    ChunkStore(tmp_path).mark_authoritative()  # what the gateway does with its store
+    mount_view = ChunkStore(tmp_path, budget=64 * MIB)  # a mount sharing it, with a budget
+    digests = [mount_view.put_bytes(bytes([i]) * (16 * MIB)) for i in range(6)]
+    mount_view.demote(digests[0])
+    assert all(mount_view.contains(d) for d in digests)
+
+
+def test_discard_updates_accounting(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    digest = store.put_bytes(b"z" * 1000)
+    store.pin([digest])
+    store.discard(digest)
+    assert not store.contains(digest) and store.usage == 0 and not store.is_pinned(digest)
+    store.discard(digest)  # already gone: nothing to do
