@@ -151,13 +151,8 @@ class ChunkStore:
             self.path(digest).unlink()
         except FileNotFoundError:
             return
-        with self._lock:
-            self._verified.discard(digest)
-            self._pinned.discard(digest)
-            fd = self._fds.pop(digest, None)
-        if fd is not None:
-            os.close(fd)
-        self._account(-size)
+        self._dropped(digest, size)
+        self.unpin([digest])
 
     def demote(self, digest: str) -> None:
         """Make a chunk the first candidate for eviction (drop-behind, `cache: none`)."""
@@ -177,13 +172,9 @@ class ChunkStore:
             os.replace(src, dst)
         except FileNotFoundError:
             return
+        self._dropped(digest, dst.stat().st_size)
         with self._lock:
-            self._verified.discard(digest)
-            fd = self._fds.pop(digest, None)
             self._quarantined += 1
-        if fd is not None:
-            os.close(fd)
-        self._account(-dst.stat().st_size)
         log.warning("chunk %s quarantined: %s", digest, why)
 
     def evict_if_needed(self) -> None:
@@ -213,13 +204,9 @@ class ChunkStore:
                 f.unlink()
             except FileNotFoundError:
                 continue
+            self._dropped(digest, size)
             with self._lock:
-                self._verified.discard(digest)
-                fd = self._fds.pop(digest, None)
                 self._evicted += 1
-            if fd is not None:
-                os.close(fd)
-            self._account(-size)
             excess -= size
 
     def statistics(self) -> StoreStatistics:
@@ -282,6 +269,15 @@ class ChunkStore:
         self._touched[digest] = now
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(digest))
+
+    def _dropped(self, digest: str, size: int) -> None:
+        """Bookkeeping after a chunk file left the chunk directory."""
+        with self._lock:
+            self._verified.discard(digest)
+            fd = self._fds.pop(digest, None)
+        if fd is not None:
+            os.close(fd)
+        self._account(-size)
 
     def _account(self, delta: int) -> None:
         with self._lock:
