@@ -61,7 +61,9 @@ def main() -> None:
             cache = work / f"cache{i}"
             with mounted(manifest, work / "mnt", env, "--cache", cache) as mp:
                 c = timed(lambda: read_sequential(mp / "big.bin"))
-                w = timed(lambda: read_sequential(mp / "big.bin"))
+                # Warm: re-reads served by the kernel page cache; the median of three.
+                w = sorted((timed(lambda: read_sequential(mp / "big.bin")) for _ in range(3)),
+                           key=lambda t: t[0])[1]
             with mounted(manifest, work / "mnt", env, "--cache", cache) as mp:
                 s = timed(lambda: read_sequential(mp / "big.bin"))
             shutil.rmtree(cache)
