@@ -46,7 +46,7 @@ class MountOptions:
     region: str | None = None
     profile: str | None = None
     max_threads: int = 16
-    read_ahead_max: int = 8  # chunks in flight ahead of a sequential reader
+    read_ahead_max: int = 16  # chunks fetched ahead of a sequential reader (a cap for rules too)
     wait_prefetch: bool = False
     log_file: Path | None = None
     # policy engine

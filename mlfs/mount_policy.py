@@ -164,7 +164,9 @@ class MountPolicy:
 
     def _apply_stream(self, handle: OpenFile, d: FileDecision) -> None:
         s = handle.settings
-        s.start, s.max = d.stream_window_start, max(d.stream_window_start, d.stream_window_max)
+        cap = self.reader.read_ahead.max if self.reader is not None else d.stream_window_max
+        s.max = min(cap, max(d.stream_window_start, d.stream_window_max))
+        s.start = min(d.stream_window_start, s.max)
         s.drop_behind = d.drop_behind or d.cache_priority == "none"
         handle.window = min(handle.window, s.max)
 

@@ -50,6 +50,7 @@ class OpenFile:
         self.settings = settings
         self.window = 0  # 0 until the reader proves sequential
         self.next_offset = 0
+        self.reads = 0
         self.sequential_reads = 0
         self.bytes_read = 0
         self.pid: int | None = None
@@ -58,33 +59,36 @@ class OpenFile:
         self._behind = 0  # chunks below this index were dropped behind
 
     async def read(self, offset: int, size: int) -> bytes:
-        self._observe(offset)
-        data = await self.reader.read_range(self.entry, offset, size, self)
-        self.next_offset = offset + len(data)
-        self.bytes_read += len(data)
+        # The kernel sends several reads of one file at once; the pattern is judged and
+        # read-ahead started when a read arrives, not when it completes.
+        self._observe(offset, size)
         if self.window:
-            self._schedule_read_ahead(offset + len(data))
+            self._schedule_read_ahead(offset + size)
             if self.settings.drop_behind:
                 self._drop_behind(offset)
+        data = await self.reader.read_range(self.entry, offset, size, self)
+        self.bytes_read += len(data)
         return data
 
-    def _observe(self, offset: int) -> None:
-        # The kernel may issue neighbouring reads slightly out of order; treat reads
-        # that land within one chunk of the expected offset as sequential.
+    def _observe(self, offset: int, size: int) -> None:
+        # Neighbouring reads arrive slightly out of order; a read within one chunk of
+        # the furthest point reached so far still counts as sequential.
         chunk = self.reader.chunk_size
-        if self.bytes_read and abs(offset - self.next_offset) <= chunk:
+        # A first read from the start of the file begins a scan.
+        sequential = offset < chunk if self.reads == 0 else abs(offset - self.next_offset) <= chunk
+        self.reads += 1
+        if sequential:
             self.sequential_reads += 1
             if self.window == 0:
                 self.window = self.settings.start
             elif self.sequential_reads % 4 == 0:
                 self.window = min(self.settings.max, self.window * 2)
-        elif offset == 0 and not self.bytes_read:
-            # Reading from the start is the usual first step of a sequential scan.
-            self.window = self.settings.start
+            self.next_offset = max(self.next_offset, offset + size)
         else:
             self.window = 0
             self.sequential_reads = 0
             self._ahead_until = 0
+            self.next_offset = offset + size
 
     def _schedule_read_ahead(self, position: int) -> None:
         chunk = self.reader.chunk_size

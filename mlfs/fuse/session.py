@@ -41,7 +41,7 @@ class SessionSettings:
     gid: int
     allow_other: bool = False
     max_threads: int = 16
-    read_ahead_max: int = 8
+    read_ahead_max: int = 16
     kernel_read_ahead_kib: int = 8192
     wait_prefetch: bool = False
     learn_seconds: float = 30.0
