@@ -171,3 +171,38 @@ def test_sequential_reader_grows_its_read_ahead_window(tmp_path: Path) -> None:
     assert windows == sorted(windows[:-1]) + [0]
     fetched = {c["Range"] for c in fake.calls}
     assert len(fetched) == len(fake.calls), "a chunk was fetched twice"
+
+
+def test_concurrent_kernel_style_reads_keep_the_window_open(tmp_path: Path) -> None:
+    """The kernel sends several reads of a file at once; they must not look random."""
+    data = os.urandom(40 * CHUNK)
+    fake = FakeS3(data)
+    store = ChunkStore(tmp_path)
+    entry = entry_for(data, etag=None)
+    manifest = Manifest("m", "v", [entry], chunk_size=CHUNK)
+
+    async def main():
+        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
+        async with trio.open_nursery() as n:
+            reader = ArtifactReader(manifest, store, fetcher, n, ReadAheadSettings(start=1, max=8))
+            handle = reader.open(entry)
+            got: dict[int, bytes] = {}
+            windows = []
+
+            async def one(off: int) -> None:
+                got[off] = await handle.read(off, CHUNK // 8)
+                windows.append(handle.window)
+
+            # 8 reads in flight, arriving out of order within a span shorter than a chunk
+            # (as kernel read-ahead does: its window is smaller than mlfs's chunks).
+            step = CHUNK // 8
+            for base in range(0, 20 * CHUNK, CHUNK):
+                async with trio.open_nursery() as batch:
+                    for off in sorted(range(base, base + CHUNK, step), key=lambda o: (o // step) % 3):
+                        batch.start_soon(one, off)
+            n.cancel_scope.cancel()
+        return got, windows
+
+    got, windows = trio.run(main)
+    assert b"".join(got[o] for o in sorted(got)) == data[: 20 * CHUNK]
+    assert min(windows[8:]) > 0 and max(windows) == 8
