@@ -122,14 +122,14 @@ class MountPolicy:
         if self.learned is not None:
             await self._learned_first(reader)
         plans.sort(key=lambda p: -p[0])
-        # One window for all files, so the next file starts while the last chunks of
-        # the previous one are still in flight; files still start in priority order.
+        # One window for all files, filled in file order: the next file starts while the
+        # last chunks of the previous one are still in flight, and a loader reading the
+        # files in that order finds each one ahead of it.
         width = max((d.stream_parallel for _p, _e, d in plans), default=1)
         shared = trio.Semaphore(width)
         async with trio.open_nursery() as n:
             for _prio, entry, d in plans:
-                n.start_soon(self.prefetch, entry, d, shared)
-                await trio.sleep(0)  # let it plan (and queue on the window) before the next
+                await self.prefetch(entry, d, (shared, n))
 
     async def _learned_first(self, reader: ArtifactReader) -> None:
         files = {f.path: f for f in self.manifest.files}
@@ -195,7 +195,9 @@ class MountPolicy:
                     self._apply_stream(handle, state.decision)
 
     # --------------------------------------------------------------- prefetch
-    async def prefetch(self, entry: FileEntry, d: FileDecision, limit: trio.Semaphore | None = None) -> None:
+    async def prefetch(self, entry: FileEntry, d: FileDecision,
+                       queue: tuple[trio.Semaphore, trio.Nursery] | None = None) -> None:
+        """Prefetch what `d` says of `entry`; with `queue`, only enqueue into that shared window."""
         reader = self.reader
         rule = d.rule_for("prefetch") or "?"
         try:
@@ -210,7 +212,10 @@ class MountPolicy:
         # flight, and that read is exactly what the prefetch was for.
         for e, i in todo:
             self._mark_prefetched(e, i, rule)
-        await reader.prefetch_chunks(todo, parallel=max(1, d.stream_parallel), limit=limit)
+        if queue is None:
+            await reader.prefetch_chunks(todo, parallel=max(1, d.stream_parallel))
+        else:
+            await reader.enqueue_chunks(todo, *queue)
 
     def _mark_prefetched(self, entry: FileEntry, index: int, rule: str) -> None:
         start, end = entry.chunk_range(index, self.manifest.chunk_size)

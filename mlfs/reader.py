@@ -192,20 +192,26 @@ class ArtifactReader:
         """Fetch every chunk of `entries`, concurrently within the fetch limiter."""
         await self.prefetch_chunks([(e, i) for e in entries for i in range(len(e.chunks))])
 
-    async def prefetch_chunks(self, chunks: list[tuple[FileEntry, int]], parallel: int = 64,
-                              on_fetched: Callable[[FileEntry, int], None] | None = None,
-                              limit: trio.Semaphore | None = None) -> None:
-        """Fetch chunks in list order, at most `parallel` at a time (or within a shared `limit`)."""
-        limit = limit or trio.Semaphore(max(1, parallel))
+    async def prefetch_chunks(self, chunks: list[tuple[FileEntry, int]], parallel: int = 64) -> None:
+        """Fetch chunks in list order, at most `parallel` at a time; returns when all are done."""
+        limit = trio.Semaphore(max(1, parallel))
+        async with trio.open_nursery() as n:
+            await self.enqueue_chunks(chunks, limit, n)
+
+    async def enqueue_chunks(self, chunks: list[tuple[FileEntry, int]], limit: trio.Semaphore,
+                             nursery: trio.Nursery) -> None:
+        """Start fetches in list order as `limit` allows; returns once the last one started.
+
+        Several callers may share one `limit` and nursery: a caller that enqueues file
+        after file keeps the window full across file boundaries, in file order.
+        """
 
         async def one(entry: FileEntry, index: int) -> None:
             try:
-                if await self.fetch_quietly(entry, index) and on_fetched is not None:
-                    on_fetched(entry, index)
+                await self.fetch_quietly(entry, index)
             finally:
                 limit.release()
 
-        async with trio.open_nursery() as n:
-            for entry, index in chunks:
-                await limit.acquire()
-                n.start_soon(one, entry, index)
+        for entry, index in chunks:
+            await limit.acquire()
+            nursery.start_soon(one, entry, index)
