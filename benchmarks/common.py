@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import shutil
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +59,27 @@ def median_rate(runs: list[tuple[float, int]]) -> float:
 def table(rows: list[tuple[str, float, str]]) -> str:
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"  {name:<{width}}  {rate:9.1f} MB/s  {note}" for name, rate, note in rows)
+
+
+def bench_args(doc: str | None) -> argparse.Namespace:
+    """The options every benchmark takes: artifact size and number of measured runs."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    return ap.parse_args()
+
+
+@contextlib.contextmanager
+def seaweedfs_workspace(prefix: str) -> Iterator[tuple[Path, object]]:
+    """A temp dir and a SeaweedFS server in it with an empty bucket `bench`; both removed after."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.servers import start_seaweedfs
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    server = start_seaweedfs(work / "seaweedfs")
+    try:
+        server.client().create_bucket(Bucket="bench")
+        yield work, server
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)

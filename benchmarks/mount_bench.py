@@ -9,19 +9,25 @@ touch of fresh memory is slow). Nothing is asserted: the numbers are for reading
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MIB, make_random_file, median_rate, read_sequential, table, timed  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    MIB,
+    bench_args,
+    make_random_file,
+    median_rate,
+    read_sequential,
+    seaweedfs_workspace,
+    table,
+    timed,
+)
 from tests.mlfs_cli import mlfs, mounted  # noqa: E402
-from tests.servers import start_seaweedfs  # noqa: E402
 
 
 def raw_parallel_get(client, bucket: str, key: str, size: int, threads: int = 16, part: int = 16 * MIB) -> int:
@@ -37,17 +43,11 @@ def raw_parallel_get(client, bucket: str, key: str, size: int, threads: int = 16
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
+    args = bench_args(__doc__)
     size = args.size_mib * MIB
-    work = Path(tempfile.mkdtemp(prefix="mlfs-bench-"))
-    server = start_seaweedfs(work / "seaweedfs")
-    try:
+    with seaweedfs_workspace("mlfs-bench-") as (work, server):
         env = server.env()
         client = server.client()
-        client.create_bucket(Bucket="bench")
         local = work / "big.bin"
         make_random_file(local, size)
         client.upload_file(str(local), "bench", "big/v1/big.bin")
@@ -86,9 +86,6 @@ def main() -> None:
             ("mlfs remount (chunk store hit)", r_store, f"{r_store / r_page:.2f}x local page cache"),
             ("local file, page cache", r_page, ""),
         ]))
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,9 @@ empty chunk store (mount) or an empty directory (download). Nothing is asserted.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,8 +23,8 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import bench_args, seaweedfs_workspace  # noqa: E402
 from tests.mlfs_cli import mlfs, mounted  # noqa: E402
-from tests.servers import start_seaweedfs  # noqa: E402
 
 MIB = 1 << 20
 SHARDS = 8
@@ -64,16 +62,10 @@ def download(client, bucket: str, prefix: str, dest: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--runs", type=int, default=3)
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mlfs-policy-bench-"))
-    server = start_seaweedfs(work / "seaweedfs")
-    try:
+    args = bench_args(__doc__)
+    with seaweedfs_workspace("mlfs-policy-bench-") as (work, server):
         env = server.env()
         client = server.client()
-        client.create_bucket(Bucket="bench")
         src = work / "model"
         src.mkdir()
         make_model(src, args.size_mib * MIB)
@@ -109,9 +101,6 @@ def main() -> None:
         for label, times in results.items():
             med = statistics.median(times)
             print(f"  {label:<22} {med:7.2f} s   {med / base:5.2f}x download-then-load")
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -142,18 +142,28 @@ def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
     assert len(fake.calls) == 1 and stats.shared_waits == 15 and stats.in_flight == 0
 
 
+class ReaderRig:
+    """A 40-chunk file behind a fake S3, and a factory for readers over it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.data = os.urandom(40 * CHUNK)
+        self.fake = FakeS3(self.data)
+        self.store = ChunkStore(tmp_path)
+        self.entry = entry_for(self.data, etag=None)
+        self.manifest = Manifest("m", "v", [self.entry], chunk_size=CHUNK)
+
+    def reader(self, nursery: trio.Nursery) -> ArtifactReader:
+        fetcher = ChunkFetcher(self.fake, self.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
+        return ArtifactReader(self.manifest, self.store, fetcher, nursery, ReadAheadSettings(start=1, max=8))
+
+
 def test_sequential_reader_grows_its_read_ahead_window(tmp_path: Path) -> None:
-    data = os.urandom(40 * CHUNK)
-    fake = FakeS3(data)
-    store = ChunkStore(tmp_path)
-    entry = entry_for(data, etag=None)
-    manifest = Manifest("m", "v", [entry], chunk_size=CHUNK)
+    rig = ReaderRig(tmp_path)
+    data, fake = rig.data, rig.fake
 
     async def main():
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
         async with trio.open_nursery() as n:
-            reader = ArtifactReader(manifest, store, fetcher, n, ReadAheadSettings(start=1, max=8))
-            handle = reader.open(entry)
+            handle = rig.reader(n).open(rig.entry)
             out = bytearray()
             windows = []
             for off in range(0, 20 * CHUNK, CHUNK // 2):
@@ -175,17 +185,12 @@ def test_sequential_reader_grows_its_read_ahead_window(tmp_path: Path) -> None:
 
 def test_concurrent_kernel_style_reads_keep_the_window_open(tmp_path: Path) -> None:
     """The kernel sends several reads of a file at once; they must not look random."""
-    data = os.urandom(40 * CHUNK)
-    fake = FakeS3(data)
-    store = ChunkStore(tmp_path)
-    entry = entry_for(data, etag=None)
-    manifest = Manifest("m", "v", [entry], chunk_size=CHUNK)
+    rig = ReaderRig(tmp_path)
+    data = rig.data
 
     async def main():
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
         async with trio.open_nursery() as n:
-            reader = ArtifactReader(manifest, store, fetcher, n, ReadAheadSettings(start=1, max=8))
-            handle = reader.open(entry)
+            handle = rig.reader(n).open(rig.entry)
             got: dict[int, bytes] = {}
             windows = []
 
