@@ -1,8 +1,7 @@
 """Where the built-in rule files live, and the template library they define.
 
-The built-in YAML is kept in the top-level `rules/` folder of the project (next to the
-`mlfs` package, as the design lays out), found from the package path; MLFS_RULES_DIR
-points elsewhere, e.g. for installs that place the folder somewhere else.
+The built-in YAML ships inside the package (`mlfs/rules/`, so wheels carry it); the
+project's top-level `rules/` is a link to it. MLFS_RULES_DIR points elsewhere.
 """
 
 from __future__ import annotations
