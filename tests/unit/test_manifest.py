@@ -126,3 +126,15 @@ def test_chunk_hasher_matches_independent_hashing() -> None:
 def test_name_version_from_prefix() -> None:
     assert name_version_from_prefix("models/tiny/v1/") == ("tiny", "v1")
     assert name_version_from_prefix("tiny") == ("tiny", "")
+
+
+def test_example_manifests_stay_valid() -> None:
+    from pathlib import Path
+
+    from mlfs.manifest import load_manifest
+
+    root = Path(__file__).resolve().parents[2] / "manifests"
+    example = load_manifest(root / "example.json")
+    assert [f.path for f in example.files] == ["config.json", "weights/model.safetensors"]
+    with pytest.raises(ManifestError, match="mlfs generate --from"):
+        load_manifest(root / "mlartifactfs-example.json")
