@@ -23,14 +23,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def to_errno(exc: BaseException) -> int:
-    if isinstance(exc, MlfsError):
-        return exc.errno
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return errno.EIO
-
-
 def fuse_handler(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -17,7 +17,6 @@ from typing import Any
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
-from mlfs.errors import ManifestError
 from mlfs.manifest.model import Manifest
 from mlfs.manifest.validate import parse_manifest
 
@@ -48,7 +47,4 @@ def fetch_gateway_manifest(client: Any, bucket: str, prefix: str, timeout: float
         return None  # an ordinary S3 server answered with a bucket listing
     if not isinstance(doc, dict) or "schema" not in doc:
         return None
-    try:
-        return parse_manifest(doc, origin=f"gateway manifest of s3://{bucket}/{prefix}")
-    except ManifestError:
-        raise
+    return parse_manifest(doc, origin=f"gateway manifest of s3://{bucket}/{prefix}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
 import threading
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -19,7 +18,7 @@ from typing import Any, BinaryIO
 
 import botocore.exceptions
 
-from mlfs.errors import FetchError, ManifestError, MlfsError
+from mlfs.errors import FetchError, ManifestError
 from mlfs.manifest.model import DEFAULT_CHUNK_SIZE, FileEntry, Manifest, Source, Symlink
 from mlfs.manifest.validate import check_path, is_artifactfs_manifest, parse_manifest
 
@@ -70,10 +69,15 @@ class ChunkHasher:
         return self.whole.hexdigest(), self.chunks
 
 
-def hash_stream(stream: BinaryIO, chunk_size: int, progress: Progress | None = None) -> tuple[int, str, list[str]]:
+def hash_stream(
+    stream: BinaryIO, chunk_size: int, progress: Progress | None = None, also: Any = None
+) -> tuple[int, str, list[str]]:
+    """Size, whole-file and chunk SHA-256 of a stream; `also` (a hashlib object) sees the bytes too."""
     hasher = ChunkHasher(chunk_size)
     while block := stream.read(_READ_BLOCK):
         hasher.update(block)
+        if also is not None:
+            also.update(block)
         if progress:
             progress(len(block))
     whole, chunks = hasher.finish()
@@ -202,22 +206,16 @@ def entries_from_local(
         except botocore.exceptions.ClientError as exc:
             raise ManifestError(f"{rel}: s3://{bucket}/{key} not found ({exc.response['Error'].get('Code')})") from None
         md5 = hashlib.md5()
-        hasher = ChunkHasher(chunk_size)
         with open(full, "rb") as fh:
-            while block := fh.read(_READ_BLOCK):
-                hasher.update(block)
-                md5.update(block)
-                if progress:
-                    progress(len(block))
-        whole, chunks = hasher.finish()
+            size, whole, chunks = hash_stream(fh, chunk_size, progress, also=md5)
         etag = head.get("ETag", "")
-        if int(head["ContentLength"]) != hasher.size:
-            raise ManifestError(f"{rel}: local size {hasher.size} differs from S3 ({head['ContentLength']})")
+        if int(head["ContentLength"]) != size:
+            raise ManifestError(f"{rel}: local size {size} differs from S3 ({head['ContentLength']})")
         plain = etag.strip('"')
         if plain and "-" not in plain and plain != md5.hexdigest():
             raise ManifestError(f"{rel}: local content differs from s3://{bucket}/{key} (ETag mismatch)")
         mode = 0o555 if os.stat(full).st_mode & 0o111 else 0o444
-        return FileEntry(rel, hasher.size, whole, tuple(chunks), Source(bucket=bucket, key=key, etag=etag or None), mode)
+        return FileEntry(rel, size, whole, tuple(chunks), Source(bucket=bucket, key=key, etag=etag or None), mode)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, files)), links
@@ -281,12 +279,7 @@ def build_manifest(
         metadata=metadata or {},
     )
     # Round-trip through the validator: what we write is exactly what mounts accept.
-    try:
-        return parse_manifest(manifest.to_json(), origin="generated manifest")
-    except ManifestError:
-        raise
-    except MlfsError as exc:  # pragma: no cover - defensive
-        raise ManifestError(str(exc)) from None
+    return parse_manifest(manifest.to_json(), origin="generated manifest")
 
 
 def write_manifest(manifest: Manifest, output: str | None) -> None:
@@ -313,6 +306,3 @@ class ByteCounter:
         with self._lock:
             self.total += n
 
-
-def join_key(prefix: str, rel: str) -> str:
-    return posixpath.join(prefix, rel) if prefix else rel
