@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 from dataclasses import dataclass, field
 
 import trio
@@ -46,7 +45,6 @@ class _HandleState:
     decision: FileDecision
     tracker: AccessTracker = field(default_factory=AccessTracker)
     pattern: str = "unknown"
-    reads: int = 0
 
 
 class MountPolicy:
@@ -62,7 +60,6 @@ class MountPolicy:
         self.workload = workload  # fixed by option/env; None = detect per process
         self.learned = learned
         self.reader: ArtifactReader | None = None
-        self._lock = threading.Lock()
         self._prefetched: dict[str, str] = {}  # digest → rule id, until first read
         self._pinned_bytes = 0
         self._pid_workloads: dict[int, WorkloadContext] = {}
@@ -98,12 +95,12 @@ class MountPolicy:
         return cached
 
     def decide(self, entry: FileEntry, tracker: AccessTracker | None = None, pid: int | None = None,
-               count: bool = True) -> FileDecision:
+               count: bool = True, system: SystemContext | None = None) -> FileDecision:
         return self.engine.decide(
             FileContext.from_entry(entry),
             access=tracker.context() if tracker is not None else None,
             workload=self.workload_for(pid),
-            system=self.system(),
+            system=system or self.system(),
             count=count,
         )
 
@@ -113,8 +110,9 @@ class MountPolicy:
         self.reader = reader
         reader.listeners.append(self.on_read)
         plans: list[tuple[int, FileEntry, FileDecision]] = []
+        system = self.system()  # one reading for all files: mount is one moment
         for entry in self.manifest.files:
-            d = self.decide(entry)
+            d = self.decide(entry, system=system)
             if d.pin:
                 self._pin(entry, d)
             if d.prefetch_when == "mount":
@@ -186,8 +184,7 @@ class MountPolicy:
         state = handle.policy_state if handle is not None else None
         if isinstance(state, _HandleState):
             state.tracker.record(offset, length, handle.pid)
-            state.reads += 1
-            if state.reads % _REDECIDE_EVERY == 0:
+            if handle.reads % _REDECIDE_EVERY == 0:
                 pattern = state.tracker.pattern()
                 if pattern != state.pattern:
                     state.pattern = pattern

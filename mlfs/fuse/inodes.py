@@ -21,6 +21,7 @@ class Node:
     target: bytes | None = None  # symlinks
     children: dict[bytes, int] = field(default_factory=dict)  # directories
     child_order: list[int] = field(default_factory=list)
+    nlink: int = 1  # directories: 2 + subdirectories, set once the tree is complete
 
     @property
     def is_dir(self) -> bool:
@@ -43,6 +44,7 @@ class InodeTable:
         for node in self.nodes.values():
             if node.is_dir:
                 node.child_order = sorted(node.children.values(), key=lambda i: self.nodes[i].name)
+                node.nlink = 2 + sum(1 for c in node.children.values() if self.nodes[c].is_dir)
         self.total_size = manifest.total_size
 
     def __getitem__(self, inode: int) -> Node:

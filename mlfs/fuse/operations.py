@@ -48,7 +48,7 @@ class MlfsOperations(pyfuse3.Operations):
         a.entry_timeout = CACHE_TIMEOUT
         a.attr_timeout = CACHE_TIMEOUT
         a.st_mode = node.mode
-        a.st_nlink = 2 + sum(1 for c in node.children.values() if self.table[c].is_dir) if node.is_dir else 1
+        a.st_nlink = node.nlink
         a.st_uid = self.uid
         a.st_gid = self.gid
         a.st_size = node.size
