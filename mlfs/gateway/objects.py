@@ -16,7 +16,6 @@ store (xxh3 in an xattr) the first time this process serves it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -170,13 +169,8 @@ class ObjectStore:
         # Uploads cut short by a crash left "pending" references: free those chunks.
         for owner in self.catalog.pending_owners():
             self.free(self.catalog.drop_owner(owner))
-        # Temp files of writers that died (the store names them "<pid>.<thread>.<ns>");
-        # live processes sharing the store keep theirs.
-        for tmp in self.store.tmp_dir.iterdir():
-            pid = tmp.name.split(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
+        # Temp files of writers that died; live processes sharing the store keep theirs.
+        self.store.clean_dead_writers()
 
 
 class ObjectSink:
@@ -285,13 +279,3 @@ class ObjectReader:
             raise S3Error("InternalError", "Stored object data is missing.") from None
         self._digest = digest
         return self._fd
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -297,6 +297,19 @@ class ChunkStore:
                     total += f.stat().st_size
         return total
 
+    def clean_dead_writers(self) -> None:
+        """Remove temp files whose writing process has died, whatever their age.
+
+        For a store's owner at start-up (the gateway): only this module knows that temp
+        names begin with the writer's PID. Processes in another PID namespace look dead
+        from here, so callers must own the store.
+        """
+        for f in self.tmp_dir.iterdir():
+            pid = f.name.split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+
     def _clean_stale_temps(self) -> None:
         cutoff = time.time() - _TEMP_MAX_AGE
         for f in self.tmp_dir.iterdir():
@@ -379,3 +392,13 @@ def _file_digest(p: Path, algo: type) -> str:
         while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
