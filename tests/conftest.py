@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults.cases import TABLE, FaultCase, format_table
 from tests.servers import S3Server, start_seaweedfs
 
 
@@ -27,3 +28,19 @@ def fail_on_warnings(caplog: pytest.LogCaptureFixture, request: pytest.FixtureRe
         return
     bad = [r for r in caplog.get_records("call") if r.levelno >= logging.WARNING and r.name.startswith("mlfs")]
     assert not bad, "unexpected warnings: " + "; ".join(r.getMessage() for r in bad)
+
+
+@pytest.fixture
+def fault_case(request: pytest.FixtureRequest) -> FaultCase:
+    """A row of the fault-case table for this test; call `.record(outcome, ...)` once."""
+    case = FaultCase(request.node.name)
+    TABLE.append(case)
+    return case
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not TABLE:
+        return
+    terminalreporter.section(f"fault cases ({len(TABLE)})")
+    for line in format_table(TABLE):
+        terminalreporter.write_line(line)

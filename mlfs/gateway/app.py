@@ -118,6 +118,10 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
+        service = self.gw.service_for(scope["path"])
+        if service is not None:
+            await service(self.gw, scope, receive, send)
+            return
         resp = Responder(send, "-")
         head = scope.get("method") == "HEAD"
         req = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 
@@ -21,6 +21,14 @@ T = TypeVar("T")
 _HASH_QUEUE = 10_000
 
 
+class Service(Protocol):
+    """An HTTP API mounted on the gateway under a path prefix such as "/api/registry/"."""
+
+    prefix: str
+
+    async def __call__(self, gw: Gateway, scope: dict[str, Any], receive: Any, send: Any) -> None: ...
+
+
 class Gateway:
     def __init__(self, objects: ObjectStore, policy: AccessPolicy, threads: int = 16,
                  keepalive_seconds: float = 5.0) -> None:
@@ -28,10 +36,20 @@ class Gateway:
         self.policy = policy
         self.limiter = trio.CapacityLimiter(threads)
         self.upstream: Upstream | None = None
+        # Non-S3 HTTP services sharing the gateway's port and store (registry,
+        # preprocessing): a request whose path starts with a service's prefix is
+        # handed to it as raw ASGI instead of being routed as S3.
+        self.services: list[Service] = []
         self.keepalive_seconds = keepalive_seconds
         # Multipart objects whose parts were chunk-aligned get their whole-object
         # SHA-256 computed here, after the client has its answer.
         self._hash_send, self._hash_receive = trio.open_memory_channel[ObjectRecord](_HASH_QUEUE)
+
+    def service_for(self, path: str) -> Service | None:
+        for service in self.services:
+            if path.startswith(service.prefix):
+                return service
+        return None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from mlfs.gateway.catalog import (
@@ -51,6 +52,11 @@ class ObjectStore:
         self.store.mark_authoritative()
         self.catalog = Catalog(data_dir / "meta.sqlite3")
         self._gc_lock = threading.Lock()
+        # Services on the same store (registry indexer, ...) watch and may veto writes:
+        # a guard raises S3Error to refuse a write or delete of (bucket, key) before it
+        # happens; a listener hears of every committed write (record) or delete (None).
+        self.write_guards: list[Callable[[str, str], None]] = []
+        self.write_listeners: list[Callable[[str, str, ObjectRecord | None], None]] = []
         self._recover()
         # The store evicts unpinned chunks when the disk runs low; for the gateway they
         # are the only copy of the data, never a cache.
@@ -65,15 +71,22 @@ class ObjectStore:
         return ObjectSink(self, want_sha256, want_md5)
 
     def commit_object(self, sink: ObjectSink, rec: ObjectRecord) -> None:
+        try:
+            self.check_write(rec.bucket, rec.key)
+        except S3Error:
+            sink.abort()
+            raise
         old = self.catalog.put_object(rec, release_owner=sink.owner)
         if old is None:
             sink.abort()
             raise S3Error("NoSuchBucket", "The specified bucket does not exist.", rec.bucket)
         sink.committed = True
         self.free(old)
+        self._written(rec.bucket, rec.key, rec)
 
     def copy_object(self, rec: ObjectRecord) -> None:
         """Record `rec`, whose chunks belong to an existing object, as a new object."""
+        self.check_write(rec.bucket, rec.key)
         with self._gc_lock:
             # Under the GC lock a concurrent delete of the source either freed the
             # chunks before (we see them missing) or will see our references.
@@ -84,13 +97,29 @@ class ObjectStore:
         if old is None:
             raise S3Error("NoSuchBucket", "The specified bucket does not exist.", rec.bucket)
         self.free(old)
+        self._written(rec.bucket, rec.key, rec)
 
     def delete_object(self, bucket: str, key: str) -> bool:
+        self.check_write(bucket, key)
         old = self.catalog.delete_object(bucket, key)
         if old is None:
             return False
         self.free(old)
+        self._written(bucket, key, None)
         return True
+
+    def check_write(self, bucket: str, key: str) -> None:
+        """Raise the S3Error of the first guard that refuses a write of (bucket, key)."""
+        for guard in self.write_guards:
+            guard(bucket, key)
+
+    def _written(self, bucket: str, key: str, rec: ObjectRecord | None) -> None:
+        for listener in self.write_listeners:
+            try:
+                listener(bucket, key, rec)
+            except Exception:
+                # The write is committed; a listener's failure must not turn it into an error.
+                log.exception("write listener failed for %s/%s", bucket, key)
 
     def free(self, digests: list[str]) -> None:
         """Unlink chunks that nothing refers to any more."""

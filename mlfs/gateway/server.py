@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,10 @@ class GatewayConfig:
     # A slow CompleteMultipartUpload starts its 200 response and sends whitespace this often.
     complete_keepalive: float = field(
         default_factory=lambda: float(os.environ.get("MLFS_GATEWAY_KEEPALIVE_SECONDS", "5")))
+    # Services sharing the gateway (registry, preprocessing): each is called once with the
+    # Gateway before it listens, to add HTTP services (gw.services) and write hooks
+    # (gw.objects.write_guards / write_listeners).
+    extensions: list[Callable[[Gateway], None]] = field(default_factory=list)
 
 
 def serve_forever(config: GatewayConfig) -> None:
@@ -64,6 +69,8 @@ async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
         gw.upstream = Upstream(gw, config.upstream)
         # The upstream bucket is visible (and listable) before its first miss.
         await gw.run(objects.catalog.create_bucket, gw.upstream.bucket)
+    for extend in config.extensions:
+        extend(gw)
     hc = HypercornConfig()
     hc.bind = [f"{config.host}:{config.port}"]
     hc.keep_alive_timeout = config.header_timeout
