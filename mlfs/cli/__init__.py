@@ -11,6 +11,7 @@ from mlfs import __version__
 from mlfs.cli.common import run_command
 from mlfs.cli.generate import generate
 from mlfs.cli.mount import mount, reload, status, unmount
+from mlfs.cli.preprocess import preprocess
 from mlfs.cli.rules import rules
 from mlfs.cli.serve import serve
 
@@ -28,5 +29,6 @@ main.add_command(status)
 main.add_command(reload)
 main.add_command(rules)
 main.add_command(serve)
+main.add_command(preprocess)
 
 __all__ = ["main", "run_command"]

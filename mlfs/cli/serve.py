@@ -40,7 +40,9 @@ def serve(data_dir: Path, listen: str, credentials: Path | None, anonymous_read:
         if upstream is not None and not upstream.startswith("s3://"):
             raise ConfigError(f"--upstream {upstream!r}: expected s3://BUCKET[/PREFIX]")
         policy = load_access_policy(credentials, anonymous_read=anonymous_read)
+        from mlfs.preprocess.service import extend as preprocessing
+
         serve_forever(GatewayConfig(data_dir=data_dir, host=host.strip("[]"), port=int(port), policy=policy,
-                                    upstream=upstream, threads=threads))
+                                    upstream=upstream, threads=threads, extensions=[preprocessing]))
 
     run_command(body)

@@ -1,0 +1,1 @@
+"""Preprocessing runner: declarative image pipelines whose results are cached by content."""

@@ -1,0 +1,121 @@
+"""Results cached by content in a chunk store.
+
+A result's bytes are chunks of the store (named by their SHA-256, so a result that is
+also a gateway object, or another pipeline's result, is stored once). The store's
+`preprocess/results/` directory maps each result key (SHA-256 over the per-image
+pipeline and the input digest) to a small JSON entry: the result's chunk digests, size,
+SHA-256 and MD5. Entries are written by temp file + rename after their chunks, so a
+reader sees a whole entry or none; a lookup whose chunks are gone (evicted from a mount
+cache, or freed by the gateway) is a miss, and the entry is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlfs.store.chunks import ChunkStore
+
+RESULT_CHUNK = 16 << 20
+INDEX_DIR = "preprocess/results"
+# Written by a gateway's preprocessing service into its store: proof of a shared filesystem.
+TOKEN_FILE = "preprocess/gateway-token"
+
+
+@dataclass(frozen=True)
+class CachedResult:
+    key: str
+    size: int
+    sha256: str
+    md5: str
+    chunks: tuple[str, ...]
+
+
+class ResultCache:
+    def __init__(self, store: ChunkStore) -> None:
+        self.store = store
+        self.index = store.root / INDEX_DIR
+        self.index.mkdir(parents=True, exist_ok=True)
+
+    def _entry_path(self, key: str) -> Path:
+        return self.index / key[:2] / f"{key}.json"
+
+    def lookup(self, key: str) -> CachedResult | None:
+        """The entry for `key` if every chunk of it is present and intact."""
+        try:
+            doc = json.loads(self._entry_path(key).read_bytes())
+            entry = CachedResult(key, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            self._drop(key)
+            return None
+        if not all(self.store.ensure_verified(d) for d in entry.chunks):
+            self._drop(key)
+            return None
+        return entry
+
+    def read(self, entry: CachedResult) -> bytes | None:
+        """The result's bytes, checked against its SHA-256; None if they are no longer there."""
+        try:
+            data = b"".join(self.store.read_all(d) for d in entry.chunks)
+        except Exception:
+            self._drop(entry.key)
+            return None
+        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+            self._drop(entry.key)
+            return None
+        return data
+
+    def put(self, key: str, data: bytes) -> CachedResult:
+        chunks = tuple(self.store.put_bytes(data[i:i + RESULT_CHUNK]) for i in range(0, max(len(data), 1), RESULT_CHUNK))
+        entry = CachedResult(key, len(data), hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(), chunks)
+        path = self._entry_path(key)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps({"size": entry.size, "sha256": entry.sha256, "md5": entry.md5,
+                                   "chunks": list(chunks)}))
+        os.replace(tmp, path)
+        return entry
+
+    def entries(self) -> Iterator[CachedResult]:
+        for sub in sorted(self.index.iterdir()) if self.index.exists() else []:
+            if not sub.is_dir():
+                continue
+            for path in sub.glob("*.json"):
+                try:
+                    doc = json.loads(path.read_bytes())
+                    yield CachedResult(path.stem, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+
+    def stats(self) -> dict[str, int | str | bool]:
+        count = size = 0
+        for entry in self.entries():
+            count += 1
+            size += entry.size
+        return {"store": str(self.store.root), "results": count, "bytes": size,
+                "authoritative": self.store.authoritative}
+
+    def clear(self, free: Callable[[list[str]], None] | None = None) -> int:
+        """Forget every result; `free` (default: discard) gets the chunks to release."""
+        removed = 0
+        for entry in list(self.entries()):
+            self._drop(entry.key)
+            (free or self._discard)(list(entry.chunks))
+            removed += 1
+        return removed
+
+    def _discard(self, digests: list[str]) -> None:
+        for digest in digests:
+            self.store.discard(digest)
+
+    def _drop(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._entry_path(key).unlink()

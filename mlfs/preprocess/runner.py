@@ -1,0 +1,246 @@
+"""Run a pipeline over every input of a source, writing results to a destination.
+
+Image work runs in N worker processes (a `forkserver` pool, safe to start from a
+threaded process such as the gateway). Each input is handled by one of a bounded set
+of I/O threads in this process: look the result up in the cache (by the listing's
+digest when the source knows it, so a cached input is not even downloaded), else
+download, hand the bytes to a worker, store the result in the cache, and write it out.
+There are more I/O threads than workers, so workers always have images waiting while
+downloads and uploads are in flight.
+
+A failing input (corrupt, hostile, unreadable) is recorded with its reason and the run
+goes on; nothing is cached for it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from mlfs.preprocess.cache import CachedResult, ResultCache
+from mlfs.preprocess.locations import (
+    InputError,
+    InputItem,
+    LocalInput,
+    LocalOutput,
+    S3Input,
+    S3Output,
+    verify_digest,
+)
+from mlfs.preprocess.pipeline import Pipeline
+from mlfs.preprocess.steps import ImageFailure, output_suffix, process
+
+MAX_FAILURES_KEPT = 1000
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    done: int = 0  # computed in this run
+    cached: int = 0  # taken from the cache
+    failed: int = 0
+    decoded: int = 0  # inputs handed to decode (0 on a fully cached re-run)
+    written: int = 0  # output objects actually sent (identical ones already there are skipped)
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    manifest: str | None = None
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.cached + self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"total": self.total, "done": self.done, "cached": self.cached, "failed": self.failed,
+                "decoded": self.decoded, "written": self.written, "seconds": round(self.seconds, 3),
+                "failures": [{"input": k, "error": e} for k, e in self.failures], "manifest": self.manifest}
+
+
+Progress = Callable[[RunStats], None]
+
+
+def dataset_name_version(prefix: str) -> tuple[str, str]:
+    """Name and version of a dataset prefix: `datasets/{name}/{version}/…`, else the last two parts."""
+    parts = [p for p in prefix.strip("/").split("/") if p]
+    if len(parts) >= 3 and parts[0] == "datasets":
+        return parts[1], parts[2]
+    if len(parts) >= 2:
+        return parts[-2], parts[-1]
+    return (parts[-1] if parts else "dataset"), "v1"
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mlfs.preprocess.steps"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+class Run:
+    def __init__(self, pipeline: Pipeline, source: S3Input | LocalInput, output: S3Output | LocalOutput,
+                 cache: ResultCache, workers: int | None = None, io_threads: int | None = None,
+                 progress: Progress | None = None, stop: threading.Event | None = None,
+                 name: str | None = None, version: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.source = source
+        self.output = output
+        self.cache = cache
+        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.io_threads = io_threads or self.workers * 2 + 6
+        self.progress = progress
+        self.stop = stop or threading.Event()
+        self.stats = RunStats()
+        self.name, self.version = name, version
+        self._lock = threading.Lock()
+        out = pipeline.output
+        self._shards = out.name == "arrays" and out.params["format"] == "safetensors"
+        self._suffix = output_suffix(out.params)
+        self._sample_json = pipeline.sample_json()
+        self._results: dict[str, CachedResult] = {}
+        self._pool: ProcessPoolExecutor | None = None
+
+    # ---------------------------------------------------------------- driving
+    def run(self) -> RunStats:
+        started = time.monotonic()
+        items = self.source.list()
+        self.output.prepare()
+        planned = self._plan(items)
+        self.stats.total = len(items)
+        try:
+            with ThreadPoolExecutor(self.io_threads) as threads:
+                for _ in threads.map(self._handle, planned):
+                    self._report()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
+        if not self.stop.is_set():
+            if self._shards:
+                self._write_shards()
+            self.stats.manifest = self._finish()
+        self.stats.written = self.output.uploaded
+        self.stats.seconds = time.monotonic() - started
+        self._report(final=True)
+        return self.stats
+
+    def _plan(self, items: list[InputItem]) -> list[tuple[InputItem, str]]:
+        """(input, output name); a second input mapping to the same output name fails."""
+        seen: dict[str, str] = {}
+        planned = []
+        for item in items:
+            out = str(PurePosixPath(item.rel).with_suffix(self._suffix))
+            if out in seen:
+                self._fail(item, f"its output {out} would overwrite the output of {seen[out]}")
+                continue
+            seen[out] = item.rel
+            planned.append((item, out))
+        return planned
+
+    def _handle(self, job: tuple[InputItem, str]) -> None:
+        item, out = job
+        if self.stop.is_set():
+            return
+        try:
+            self._one(item, out)
+        except (InputError, ImageFailure) as exc:
+            self._fail(item, str(exc))
+
+    def _one(self, item: InputItem, out: str) -> None:
+        data: bytes | None = None
+        digest = item.sha256
+        if digest is None:
+            data = self.source.read(item)
+            digest = verify_digest(item, data)
+        key = self.pipeline.result_key(digest)
+        entry = self.cache.lookup(key)
+        result = None
+        if entry is not None and (self._shards or isinstance(self.output, S3Output)):
+            result = b""  # not needed yet: shards read it later, S3 outputs may skip the upload
+        elif entry is not None:
+            result = self.cache.read(entry)
+        if entry is not None and result is not None:
+            self._count("cached")
+        else:
+            if data is None:
+                data = self.source.read(item)
+                verify_digest(item, data)
+            self._count("decoded")
+            result = self._workers().submit(process, self._sample_json, data, digest).result()
+            entry = self.cache.put(key, result)
+            self._count("done")
+        if self._shards:
+            with self._lock:
+                self._results[out] = entry
+            return
+        if not result:
+            if isinstance(self.output, S3Output) and self.output.already_has(out, entry.size, entry.md5):
+                self.output.record(out, entry)
+                return
+            result = self.cache.read(entry)
+            if result is None:
+                raise InputError("its cached result vanished while the run was using it; run again")
+        self.output.write(out, result, entry.md5)
+
+    def _workers(self) -> ProcessPoolExecutor:
+        # Started at the first cache miss: a fully cached run starts no process at all.
+        with self._lock:
+            if self._pool is None:
+                self._pool = worker_pool(self.workers)
+            return self._pool
+
+    def _write_shards(self) -> None:
+        from safetensors.numpy import save
+
+        names = sorted(self._results)
+        size = self.pipeline.output.params["shard_size"]
+        groups = [names[i:i + size] for i in range(0, len(names), size)]
+        index = {"format": "mlfs.preprocess.shards/1", "pipeline": self.pipeline.digest,
+                 "shards": [], "samples": {}}
+        for number, group in enumerate(groups):
+            shard = f"shard-{number:05d}-of-{len(groups):05d}.safetensors"
+            tensors = {}
+            for name in group:
+                data = self.cache.read(self._results[name])
+                if data is None:
+                    raise InputError(f"the cached result of {name} vanished while the run was using it; run again")
+                tensors[name] = np.load(io.BytesIO(data), allow_pickle=False)
+                index["samples"][name] = shard
+            self.output.write(shard, save(tensors))
+            index["shards"].append({"file": shard, "samples": len(group)})
+        self.output.write("index.json", (json.dumps(index, indent=1, sort_keys=True) + "\n").encode())
+
+    def _finish(self) -> str:
+        prefix = self.output.prefix if isinstance(self.output, S3Output) else str(self.output.root)
+        name, version = dataset_name_version(prefix)
+        metadata = {
+            "lineage": {"inputs": [self.source.lineage()],
+                        "pipeline": {"name": self.pipeline.name, "digest": self.pipeline.digest}},
+            "preprocess": {"pipeline": self.pipeline.canonical(),
+                           "counts": {"total": self.stats.total, "succeeded": self.stats.done + self.stats.cached,
+                                      "failed": self.stats.failed},
+                           "failed": [k for k, _ in self.stats.failures[:MAX_FAILURES_KEPT]]},
+        }
+        return self.output.finish(self.name or name, self.version or version, metadata)
+
+    # ------------------------------------------------------------- bookkeeping
+    def _count(self, what: str) -> None:
+        with self._lock:
+            setattr(self.stats, what, getattr(self.stats, what) + 1)
+
+    def _fail(self, item: InputItem, reason: str) -> None:
+        with self._lock:
+            self.stats.failed += 1
+            if len(self.stats.failures) < MAX_FAILURES_KEPT:
+                self.stats.failures.append((self.source.describe(item), reason))
+
+    def _report(self, final: bool = False) -> None:
+        if self.progress is not None:
+            self.progress(self.stats)

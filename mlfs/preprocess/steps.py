@@ -1,0 +1,268 @@
+"""The step implementations: one input's bytes → one result's bytes (runs in worker processes).
+
+Images stay Pillow images until `normalize` or `to_layout` turns them into numpy
+arrays; `normalize` produces float32 that is never squeezed back into an 8-bit image.
+Randomness (augment) comes from a numpy generator seeded from the pipeline seed and the
+input's SHA-256, so a run is reproducible image by image, in any order, on any worker.
+
+A bad input raises `ImageFailure` with a one-line reason; nothing else of the run is
+affected. Pillow's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`) is an error here,
+not a warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
+
+FILTERS = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR,
+           "hamming": Image.Resampling.HAMMING, "bicubic": Image.Resampling.BICUBIC,
+           "lanczos": Image.Resampling.LANCZOS}
+ENCODE_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+Data = Image.Image | np.ndarray
+
+
+class ImageFailure(Exception):
+    """This input cannot be processed; `str()` is the one-line reason."""
+
+
+def process(sample_json: str, data: bytes, input_sha256: str) -> bytes:
+    """Run the per-image pipeline (canonical JSON) on one input; the result's bytes."""
+    doc = _parsed(sample_json)
+    rng = np.random.default_rng(per_image_seed(doc["seed"], input_sha256))
+    value: Any = data
+    try:
+        for step in doc["steps"]:
+            value = STEPS[step["step"]](value, step["params"], rng)
+    except ImageFailure:
+        raise
+    except MemoryError:
+        raise ImageFailure("out of memory while processing the image") from None
+    except (OSError, ValueError, SyntaxError, TypeError, IndexError, EOFError) as exc:
+        # Pillow reports damaged data from deep inside its decoders with these.
+        raise ImageFailure(f"corrupt image: {_one_line(exc)}") from None
+    return value
+
+
+def per_image_seed(seed: int, input_sha256: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{input_sha256}".encode()).digest()[:8], "big")
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(sample_json: str) -> dict[str, Any]:
+    return json.loads(sample_json)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ----------------------------------------------------------------------- decode
+def decode(data: bytes, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    if not data:
+        raise ImageFailure("empty object (0 bytes): not an image")
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageFailure(f"decompression bomb refused: {_one_line(exc)} (limit {limit} pixels)") from None
+    except UnidentifiedImageError:
+        raise ImageFailure("not an image (no decoder recognises these bytes)") from None
+    except OSError as exc:
+        raise ImageFailure(f"truncated or corrupt image: {_one_line(exc)}") from None
+    img = ImageOps.exif_transpose(img)
+    return img.convert(p["mode"]) if img.mode != p["mode"] else img
+
+
+# ------------------------------------------------------------------- geometry
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) with the shorter side `size` and the aspect ratio kept (the longer side truncated)."""
+    if width <= height:
+        return size, max(1, int(size * height / width))
+    return max(1, int(size * width / height)), size
+
+
+def longer_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    if width >= height:
+        return size, max(1, int(size * height / width))
+    return max(1, int(size * width / height)), size
+
+
+def center_box(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int, int, int, int]:
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
+
+
+def resize(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    filt = FILTERS[p["filter"]]
+    w, h = img.size
+    mode = p["mode"]
+    if mode == "exact":
+        return img.resize(tuple(p["size"]), filt)
+    if mode == "shorter":
+        return img.resize(shorter_side_size(w, h, p["size"]), filt)
+    if mode == "longer":
+        return img.resize(longer_side_size(w, h, p["size"]), filt)
+    box_w, box_h = p["size"]
+    scale = min(box_w / w, box_h / h)
+    inner = (max(1, min(box_w, round(w * scale))), max(1, min(box_h, round(h * scale))))
+    canvas = Image.new(img.mode, (box_w, box_h), _fill_for(img.mode, p["fill"]))
+    canvas.paste(img.resize(inner, filt), ((box_w - inner[0]) // 2, (box_h - inner[1]) // 2))
+    return canvas
+
+
+def _fill_for(mode: str, fill: list[int]) -> Any:
+    if mode == "L":
+        return fill[0]
+    if mode == "RGBA":
+        return (*fill, 255)
+    return tuple(fill)
+
+
+def center_crop(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    cw, ch = p["size"]
+    if cw > img.width or ch > img.height:
+        raise ImageFailure(f"image {img.width}x{img.height} is smaller than the center crop {cw}x{ch}")
+    return img.crop(center_box(img.width, img.height, cw, ch))
+
+
+def crop(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    left, top, cw, ch = p["box"]
+    if left + cw > img.width or top + ch > img.height:
+        raise ImageFailure(f"crop box {p['box']} reaches outside the {img.width}x{img.height} image")
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def grayscale(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    gray = img.convert("L")
+    return gray.convert("RGB") if p["channels"] == 3 else gray
+
+
+# ---------------------------------------------------------------------- augment
+def augment(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    for op in p["ops"]:
+        name, params = next(iter(op.items()))
+        img = AUGMENTS[name](img, params, rng)
+    return img
+
+
+def _hflip(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < p["p"] else img
+
+
+def _vflip(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    return img.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if rng.random() < p["p"] else img
+
+
+def _rotate(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    if rng.random() >= p["p"]:
+        return img
+    lo, hi = p["degrees"]
+    angle = lo if lo == hi else float(rng.uniform(lo, hi))
+    # Counter-clockwise, like np.rot90; multiples of 90 are exact transposes in Pillow.
+    return img.rotate(angle, resample=FILTERS[p["filter"]], expand=p["expand"], fillcolor=_fill_for(img.mode, p["fill"]))
+
+
+def _color_jitter(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    if rng.random() >= p["p"]:
+        return img
+    for name, enhancer in (("brightness", ImageEnhance.Brightness), ("contrast", ImageEnhance.Contrast),
+                           ("saturation", ImageEnhance.Color)):
+        amount = p[name]
+        if amount:
+            img = enhancer(img).enhance(float(rng.uniform(1 - amount, 1 + amount)))
+    if p["hue"] and img.mode in ("RGB", "RGBA"):
+        shift = int(round(float(rng.uniform(-p["hue"], p["hue"])) * 255))
+        alpha = img.getchannel("A") if img.mode == "RGBA" else None
+        h, s, v = img.convert("HSV").split()
+        h = h.point(lambda x: (x + shift) % 256)
+        img = Image.merge("HSV", (h, s, v)).convert("RGB")
+        if alpha is not None:
+            img.putalpha(alpha)
+    return img
+
+
+def _random_resized_crop(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    width, height = img.size
+    area = width * height
+    lo, hi = p["scale"]
+    log_ratio = (math.log(p["ratio"][0]), math.log(p["ratio"][1]))
+    for _ in range(10):
+        target = area * float(rng.uniform(lo, hi))
+        ratio = math.exp(float(rng.uniform(*log_ratio)))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= width and 0 < ch <= height:
+            left = int(rng.integers(0, width - cw + 1))
+            top = int(rng.integers(0, height - ch + 1))
+            break
+    else:  # the whole image, cut to the nearest allowed aspect ratio, centred
+        ratio = min(max(width / height, p["ratio"][0]), p["ratio"][1])
+        cw, ch = (width, round(width / ratio)) if width / height > ratio else (round(height * ratio), height)
+        cw, ch = min(cw, width), min(ch, height)
+        left, top = (width - cw) // 2, (height - ch) // 2
+    return img.resize(tuple(p["size"]), FILTERS[p["filter"]], box=(left, top, left + cw, top + ch))
+
+
+AUGMENTS = {"hflip": _hflip, "vflip": _vflip, "rotate": _rotate, "color_jitter": _color_jitter,
+            "random_resized_crop": _random_resized_crop}
+
+
+# ----------------------------------------------------------------------- arrays
+def _as_array(value: Data) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    arr = np.asarray(value)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def normalize(value: Data, p: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    arr = _as_array(value)
+    channels = arr.shape[2]
+    if len(p["mean"]) not in (1, channels):
+        raise ImageFailure(f"normalize has {len(p['mean'])} mean values but the image has {channels} channels")
+    # float64 arithmetic, one rounding to float32 at the end.
+    mean, std = np.asarray(p["mean"], dtype=np.float64), np.asarray(p["std"], dtype=np.float64)
+    return ((arr.astype(np.float64) / p["scale"] - mean) / std).astype(np.float32)
+
+
+def to_layout(value: Data, p: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    arr = _as_array(value)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)) if p["layout"] == "CHW" else arr
+
+
+def encode(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> bytes:
+    fmt = ENCODE_FORMATS[p["format"]]
+    if fmt == "JPEG" and img.mode == "RGBA":
+        raise ImageFailure("jpeg cannot store an alpha channel; decode with mode RGB")
+    out = io.BytesIO()
+    options = {"quality": p["quality"]} if "quality" in p else {}
+    img.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def arrays(value: Data, p: dict[str, Any], rng: np.random.Generator) -> bytes:
+    out = io.BytesIO()
+    np.save(out, _as_array(value) if not isinstance(value, np.ndarray) else value, allow_pickle=False)
+    return out.getvalue()
+
+
+STEPS = {"decode": decode, "resize": resize, "center_crop": center_crop, "crop": crop, "grayscale": grayscale,
+         "augment": augment, "normalize": normalize, "to_layout": to_layout, "encode": encode, "arrays": arrays}
+
+
+def output_suffix(output: dict[str, Any]) -> str:
+    """File suffix of one sample's result for an output step's canonical parameters."""
+    fmt = output["format"]
+    return {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}.get(fmt, ".npy")
