@@ -5,7 +5,7 @@ A document:
 
     name: my-224            # optional
     template: imagenet-224  # optional: start from a built-in template ...
-    overrides:              # ... and change parameters of its steps by name
+    overrides:              # ... and change parameters of its steps (the first of that name)
       resize: {size: 288}
     seed: 0                 # augment randomness (per image: seed + input digest)
     steps:                  # or give the whole list yourself
@@ -167,15 +167,12 @@ def build_pipeline(doc: Any, default_name: str = "pipeline") -> Pipeline:
         seed = doc.get("seed", TEMPLATES[template].get("seed", 0))
     else:
         raw_steps = doc.get("steps")
-        if "overrides" in doc:
-            raise PipelineError("pipeline: 'overrides' needs a 'template'")
     if not isinstance(raw_steps, list) or not raw_steps:
         raise PipelineError("pipeline: 'steps' must be a non-empty list")
     if len(raw_steps) > MAX_STEPS:
         raise PipelineError(f"pipeline: more than {MAX_STEPS} steps")
     named = [_split_step(i, raw) for i, raw in enumerate(raw_steps, 1)]
-    if template is not None:
-        named = _apply_overrides(named, doc.get("overrides") or {})
+    named = _apply_overrides(named, doc.get("overrides") or {})
     steps = []
     for index, (name, params) in enumerate(named, 1):
         try:
@@ -212,7 +209,7 @@ def _apply_overrides(named: list[tuple[str, dict[str, Any]]], overrides: Any) ->
             raise PipelineError(f"overrides: {step!r} must map parameter names to values")
         found = [params for name, params in named if name == step]
         if not found:
-            raise PipelineError(f"overrides: the template has no step {step!r} (steps: {', '.join(n for n, _ in named)})")
+            raise PipelineError(f"overrides: the pipeline has no step {step!r} (steps: {', '.join(n for n, _ in named)})")
         found[0].update(changes)
     return named
 

@@ -1,0 +1,128 @@
+"""Each step against an independent numpy reference (or Pillow's own output) on generated images."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlfs.preprocess.pipeline import build_pipeline
+from mlfs.preprocess.steps import ImageFailure, process
+
+DIGEST = "ab" * 32
+
+
+def _png(arr: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _image(h: int, w: int, seed: int = 1, channels: int = 3) -> np.ndarray:
+    shape = (h, w, channels) if channels > 1 else (h, w)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _run(steps: list, data: bytes, seed: int = 0, digest: str = DIGEST) -> np.ndarray:
+    pipeline = build_pipeline({"steps": steps + [{"arrays": {"format": "npy"}}], "seed": seed})
+    return np.load(io.BytesIO(process(pipeline.sample_json(), data, digest)), allow_pickle=False)
+
+
+def test_normalize_matches_numpy_to_1e_6() -> None:
+    img = _image(37, 53)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    got = _run(["decode", {"normalize": {"mean": mean, "std": std}}], _png(img))
+    reference = (img.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)
+    assert got.dtype == np.float32, "normalize must produce float32"
+    assert np.abs(got - reference).max() <= 1e-6, "normalize differs from the numpy reference by more than 1e-6"
+
+
+@pytest.mark.parametrize("filt", ["nearest", "bilinear", "bicubic", "lanczos"])
+def test_resize_shorter_side_within_one_of_pillow(filt: str) -> None:
+    img = _image(90, 150, seed=2)
+    got = _run(["decode", {"resize": {"size": 64, "filter": filt}}], _png(img))
+    # Independent size arithmetic: shorter side 64, the other side scaled and truncated.
+    expected_size = (int(64 * 150 / 90), 64)
+    pillow = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+              "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}[filt]
+    reference = np.asarray(Image.fromarray(img).resize(expected_size, pillow))
+    assert got.shape == reference.shape, f"resize produced {got.shape}, expected {reference.shape}"
+    assert np.abs(got.astype(int) - reference.astype(int)).max() <= 1, f"{filt} resize differs from Pillow by more than 1"
+
+
+def test_resize_fit_pads_to_the_box() -> None:
+    img = _image(40, 80, seed=3)
+    got = _run(["decode", {"resize": {"size": [60, 60], "mode": "fit", "fill": 7}}], _png(img))
+    assert got.shape == (60, 60, 3), "fit must produce exactly the box size"
+    assert (got[:14] == 7).all() and (got[-15:] == 7).all(), "fit must pad above and below with the fill value"
+
+
+def test_rotate_90_equals_np_rot90() -> None:
+    img = _image(31, 47, seed=4)
+    got = _run(["decode", {"augment": {"ops": [{"rotate": {"degrees": 90}}]}}], _png(img))
+    assert np.array_equal(got, np.rot90(img)), "rotation by 90 degrees differs from np.rot90"
+
+
+def test_center_crop_is_exact() -> None:
+    img = _image(50, 71, seed=5)
+    got = _run(["decode", {"center_crop": {"size": [30, 20]}}], _png(img))
+    top, left = (50 - 20) // 2, (71 - 30) // 2
+    assert np.array_equal(got, img[top:top + 20, left:left + 30]), "center crop differs from array slicing"
+
+
+def test_crop_and_grayscale() -> None:
+    img = _image(20, 30, seed=6)
+    got = _run(["decode", {"crop": {"box": [3, 4, 10, 8]}}, "grayscale"], _png(img))
+    reference = np.asarray(Image.fromarray(img[4:12, 3:13]).convert("L"))[:, :, None]
+    assert np.array_equal(got, reference), "crop then grayscale differs from slicing then Pillow's L conversion"
+
+
+def test_chw_layout_is_exact() -> None:
+    img = _image(12, 17, seed=7)
+    got = _run(["decode", {"to_layout": {"layout": "CHW"}}], _png(img))
+    assert np.array_equal(got, img.transpose(2, 0, 1)), "CHW layout differs from transpose(2, 0, 1)"
+
+
+def test_seeded_augment_is_byte_identical_when_repeated() -> None:
+    img = _png(_image(64, 64, seed=8))
+    steps = ["decode", {"augment": {"ops": [{"random_resized_crop": {"size": 32}}, {"hflip": {}},
+                                            {"rotate": {"degrees": [-30, 30]}},
+                                            {"color_jitter": {"brightness": 0.4, "contrast": 0.4,
+                                                              "saturation": 0.4, "hue": 0.1}}]}}]
+    first = _run(steps, img, seed=3)
+    again = _run(steps, img, seed=3)
+    assert first.tobytes() == again.tobytes(), "a seeded augment run must repeat byte for byte"
+    others = {_run(steps, img, seed=s).tobytes() for s in range(4, 9)}
+    assert len(others) > 1, "the augment ignored the seed"
+
+
+def test_decode_applies_exif_orientation() -> None:
+    img = _image(10, 20, seed=9)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90° clockwise: viewers turn it upright
+    out = io.BytesIO()
+    Image.fromarray(img).save(out, format="PNG", exif=exif)
+    got = _run(["decode"], out.getvalue())
+    assert np.array_equal(got, np.rot90(img, k=-1)), "EXIF orientation 6 must be applied at decode"
+
+
+def test_encode_never_takes_normalized_floats() -> None:
+    from mlfs.preprocess.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match=r"^step 3 \(encode\): cannot write float arrays"):
+        build_pipeline({"steps": ["decode", "normalize", {"encode": {"format": "png"}}]})
+
+
+def test_encode_webp_roundtrips_size() -> None:
+    img = _image(33, 21, seed=10)
+    pipeline = build_pipeline({"steps": ["decode", {"encode": {"format": "webp", "quality": 80}}]})
+    out = Image.open(io.BytesIO(process(pipeline.sample_json(), _png(img), DIGEST)))
+    assert (out.format, out.size) == ("WEBP", (21, 33)), "encode must write a WebP of the same size"
+
+
+def test_center_crop_larger_than_image_fails_the_item() -> None:
+    pipeline = build_pipeline({"steps": ["decode", {"center_crop": {"size": 100}}, "arrays"]})
+    with pytest.raises(ImageFailure, match="smaller than the center crop"):
+        process(pipeline.sample_json(), _png(_image(10, 10)), DIGEST)
