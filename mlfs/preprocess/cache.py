@@ -46,6 +46,10 @@ class ResultCache:
     def _entry_path(self, key: str) -> Path:
         return self.index / key[:2] / f"{key}.json"
 
+    def has(self, key: str) -> bool:
+        """Cheap: an entry exists (its chunks are checked by `lookup`)."""
+        return self._entry_path(key).exists()
+
     def lookup(self, key: str) -> CachedResult | None:
         """The entry for `key` if every chunk of it is present and intact."""
         try:
@@ -75,7 +79,9 @@ class ResultCache:
 
     def put(self, key: str, data: bytes) -> CachedResult:
         chunks = tuple(self.store.put_bytes(data[i:i + RESULT_CHUNK]) for i in range(0, max(len(data), 1), RESULT_CHUNK))
-        entry = CachedResult(key, len(data), hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(), chunks)
+        # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
+        whole = chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest()
+        entry = CachedResult(key, len(data), whole, hashlib.md5(data).hexdigest(), chunks)
         path = self._entry_path(key)
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

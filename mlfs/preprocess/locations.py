@@ -33,7 +33,7 @@ from mlfs.preprocess.client import call_service
 from mlfs.s3.client import split_s3_url
 
 META_DIR = ".mlfs"
-MAX_INPUT = 256 << 20  # an input object larger than this is refused, not read into memory
+MAX_INPUT = 128 << 20  # an input object larger than this is refused, not read into memory
 
 
 @dataclass(frozen=True)

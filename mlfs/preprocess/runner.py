@@ -80,9 +80,28 @@ def dataset_name_version(prefix: str) -> tuple[str, str]:
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["mlfs.preprocess.steps"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    """Worker processes, all started before this returns.
+
+    A process with no other thread forks them (cheap: they inherit the imported
+    modules). A threaded one (the gateway, or a run whose first cache miss came late)
+    must not fork, since a lock another thread holds would stay locked in the child:
+    it asks a fork server, started clean, for them.
+    """
+    if threading.active_count() == 1:
+        ctx = multiprocessing.get_context("fork")
+    else:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["mlfs.preprocess.steps"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    for future in [pool.submit(int) for _ in range(workers)]:
+        future.result()
+    return pool
+
+
+def _nested_prefix(src_uri: str, dst_uri: str) -> str | None:
+    """The destination relative to the source when it lies inside it, else None."""
+    src, dst = src_uri.rstrip("/") + "/", dst_uri.rstrip("/") + "/"
+    return dst[len(src):] if dst.startswith(src) and dst != src else None
 
 
 class Run:
@@ -114,7 +133,8 @@ class Run:
         items = self.source.list()
         self.output.prepare()
         planned = self._plan(items)
-        self.stats.total = len(items)
+        if self._may_compute(planned):
+            self._workers()  # start the processes before any thread exists (see worker_pool)
         try:
             with ThreadPoolExecutor(self.io_threads) as threads:
                 for _ in threads.map(self._handle, planned):
@@ -131,11 +151,21 @@ class Run:
         self._report(final=True)
         return self.stats
 
+    def _may_compute(self, planned: list[tuple[InputItem, str]]) -> bool:
+        # Inputs of unknown digest, or without a cache entry, need workers; a fully
+        # cached run over a gateway listing starts none.
+        return any(item.sha256 is None or not self.cache.has(self.pipeline.result_key(item.sha256))
+                   for item, _ in planned)
+
     def _plan(self, items: list[InputItem]) -> list[tuple[InputItem, str]]:
         """(input, output name); a second input mapping to the same output name fails."""
         seen: dict[str, str] = {}
         planned = []
+        inside = _nested_prefix(self.source.uri, self.output.uri)
         for item in items:
+            if inside is not None and item.rel.startswith(inside):
+                continue  # outputs of an earlier run into a destination inside the source
+            self.stats.total += 1
             out = str(PurePosixPath(item.rel).with_suffix(self._suffix))
             if out in seen:
                 self._fail(item, f"its output {out} would overwrite the output of {seen[out]}")

@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from tests.gateway.server import GatewayServer
-from tests.mlfs_cli import mounted, require_fuse
+from tests.mlfs_cli import mlfs, mounted, require_fuse
 from tests.preprocess.conftest import counts, jpeg, preprocess_run, upload
 
 N_IMAGES = 2000
@@ -123,3 +123,25 @@ def test_safetensors_shards_mount_and_load(gateway: GatewayServer, tmp_path: Pat
     assert sorted(loaded) == sorted(index["samples"]) == [f"cat-{i:02d}.npy" for i in range(40)]
     assert all(a.shape == (3, 24, 24) and a.dtype == np.float32 for a in loaded.values())
     assert len({a.tobytes() for a in loaded.values()}) == 40, "every sample must be its own image"
+
+
+def test_source_inside_an_mlfs_mount_to_a_local_directory(gateway: GatewayServer, tmp_path: Path) -> None:
+    require_fuse()
+    client = gateway.client()
+    client.create_bucket(Bucket="mounted")
+    images = {f"datasets/pets/v2/{i:02d}.jpg": jpeg(900 + i, size=(300, 200)) for i in range(10)}
+    upload(client, "mounted", images)
+    env = gateway.env()
+    manifest = tmp_path / "pets.json"
+    mlfs("generate", "s3://mounted/datasets/pets/v2/", "-o", manifest, "-q", env=env)
+    out, cache = tmp_path / "thumbs", tmp_path / "cache"
+    with mounted(manifest, tmp_path / "mnt", env, "--cache", tmp_path / "mount-cache") as mp:
+        first = preprocess_run(env, "thumbnail-webp", mp, "--out", out, "--cache", cache)
+        again = preprocess_run(env, "thumbnail-webp", mp, "--out", out, "--cache", cache)
+    assert counts(first.summary) == {"done": 10, "cached": 0, "failed": 0, "decoded": 10}, first.stderr
+    assert counts(again.summary) == {"done": 0, "cached": 10, "failed": 0, "decoded": 0}, again.stderr
+    for i in range(10):
+        thumb = Image.open(out / f"{i:02d}.webp")
+        assert (thumb.format, thumb.size) == ("WEBP", (256, 170)), f"{i:02d}.webp"
+    lineage = json.loads((out / ".mlfs" / "lineage.json").read_text())
+    assert lineage["metadata"]["lineage"]["pipeline"]["name"] == "thumbnail-webp"

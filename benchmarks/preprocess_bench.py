@@ -1,0 +1,146 @@
+"""Preprocessing runner: images/s with 2 worker processes vs a plain single-process Pillow
+loop doing the same steps on the same images, and a cached re-run vs the first run
+(local directories, and a real `mlfs serve` holding the images).
+
+    python benchmarks/preprocess_bench.py [--images 600] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mlfs.preprocess.cache import ResultCache  # noqa: E402
+from mlfs.preprocess.locations import LocalInput, LocalOutput, S3Input, S3Output  # noqa: E402
+from mlfs.preprocess.pipeline import load_pipeline  # noqa: E402
+from mlfs.preprocess.runner import Run  # noqa: E402
+from mlfs.store.chunks import ChunkStore  # noqa: E402
+
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def make_images(root: Path, count: int) -> None:
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    for i in range(count):
+        w, h = 320 + (i % 7) * 8, 240 + (i % 5) * 8
+        base = np.linspace(0, 200, w)[None, :, None] + rng.integers(0, 55, (h, w, 3))
+        Image.fromarray(base.astype(np.uint8)).save(root / f"img-{i:05d}.jpg", quality=90)
+
+
+def plain_loop(src: Path, out: Path) -> int:
+    """imagenet-224 written directly: decode, shorter side 256, center crop 224, normalize, CHW, .npy."""
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for path in sorted(src.iterdir()):
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        size = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+        img = img.resize(size, Image.Resampling.BILINEAR)
+        left, top = (img.width - 224) // 2, (img.height - 224) // 2
+        arr = np.asarray(img.crop((left, top, left + 224, top + 224)), dtype=np.float64)
+        arr = ((arr / 255.0 - MEAN) / STD).astype(np.float32).transpose(2, 0, 1)
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+        (out / (path.stem + ".npy")).write_bytes(buf.getvalue())
+        n += 1
+    return n
+
+
+def runner(src: Path, out: Path, cache: Path, workers: int = 2) -> tuple[int, int]:
+    stats = Run(load_pipeline("imagenet-224"), LocalInput(str(src)), LocalOutput(str(out)),
+                ResultCache(ChunkStore(cache)), workers=workers).run()
+    assert stats.failed == 0, stats.failures[:3]
+    return stats.done + stats.cached, stats.decoded
+
+
+def timed(fn, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    result = fn(*args)
+    n = result[0] if isinstance(result, tuple) else result
+    return time.perf_counter() - t0, n
+
+
+def local_bench(work: Path, images: int, runs: int) -> None:
+    src = work / "src"
+    make_images(src, images)
+    plain, pooled, cached = [], [], []
+    timed(plain_loop, src, work / "warm")  # warm-up: page cache, imports
+    for r in range(runs):
+        # Interleaved, so both peers see the same machine load.
+        plain.append(timed(plain_loop, src, work / f"plain-{r}"))
+        cache = work / f"cache-{r}"
+        pooled.append(timed(runner, src, work / f"runner-{r}", cache))
+        cached.append(timed(runner, src, work / f"runner-{r}", cache))
+        shutil.rmtree(work / f"plain-{r}")
+        shutil.rmtree(work / f"runner-{r}")
+        shutil.rmtree(cache)
+    rate = lambda rs: statistics.median(n / s for s, n in rs)  # noqa: E731
+    p, w, c = rate(plain), rate(pooled), rate(cached)
+    print(f"local directories, {images} JPEGs ~330x250 → imagenet-224 (.npy), median of {runs}:")
+    print(f"  plain Pillow loop, 1 process   {p:8.1f} images/s")
+    print(f"  runner, 2 workers, cold cache  {w:8.1f} images/s   {w / p:5.2f}x the plain loop")
+    print(f"  runner, cached re-run          {c:8.1f} images/s   {c / w:5.1f}x the first run")
+
+
+def gateway_bench(work: Path, images: int, runs: int) -> None:
+    from tests.gateway.server import start_gateway
+
+    server = start_gateway(work / "gw")
+    try:
+        client = server.client()
+        client.create_bucket(Bucket="bench")
+        src = work / "gw-src"
+        make_images(src, images)
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda p: client.upload_file(str(p), "bench", f"datasets/raw/v1/{p.name}"),
+                          sorted(src.iterdir())))
+        store = ChunkStore(server.data_dir / "store")
+        firsts, agains = [], []
+        for r in range(runs):
+            pipeline = load_pipeline("imagenet-224", [f"normalize.scale={255 + r}"])  # a new pipeline each round
+
+            def go(pipeline=pipeline, r=r) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+                stats = Run(pipeline, S3Input(client, "s3://bench/datasets/raw/v1/"),
+                            S3Output(client, f"s3://bench/datasets/out{r}/v1/"), ResultCache(store), workers=2).run()
+                return stats.done + stats.cached, stats.decoded
+
+            firsts.append(timed(go))
+            agains.append(timed(go))
+        first = statistics.median(s for s, _ in firsts)
+        again = statistics.median(s for s, _ in agains)
+        print(f"mlfs serve holding {images} JPEGs → imagenet-224 outputs on the gateway, median of {runs}:")
+        print(f"  first run {first:7.2f} s ({images / first:7.1f} images/s); cached re-run {again:6.2f} s "
+              f"({images / again:7.1f} images/s): {first / again:5.1f}x")
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="mlfs-pp-bench-"))
+    try:
+        local_bench(work, args.images, args.runs)
+        gateway_bench(work, args.images, args.runs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The result cache on a chunk store: whole entries or none, missing or damaged chunks are misses."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mlfs.preprocess.cache import ResultCache
+from mlfs.preprocess.locations import LocalInput, LocalOutput
+from mlfs.preprocess.pipeline import load_pipeline
+from mlfs.preprocess.runner import Run
+from mlfs.store.chunks import ChunkStore
+
+KEY = "12" * 32
+
+
+def test_put_lookup_read(tmp_path: Path) -> None:
+    cache = ResultCache(ChunkStore(tmp_path))
+    entry = cache.put(KEY, b"result bytes")
+    found = cache.lookup(KEY)
+    assert found == entry and cache.read(found) == b"result bytes"
+    assert cache.stats()["results"] == 1 and cache.stats()["bytes"] == len(b"result bytes")
+
+
+def test_missing_chunk_is_a_miss_and_drops_the_entry(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    cache = ResultCache(store)
+    entry = cache.put(KEY, b"result bytes")
+    store.discard(entry.chunks[0])
+    assert cache.lookup(KEY) is None, "an entry whose chunk is gone must be a miss"
+    assert cache.stats()["results"] == 0, "the stale entry must be dropped"
+
+
+@pytest.mark.expect_warnings  # the store logs the quarantine
+def test_damaged_chunk_is_a_miss(tmp_path: Path) -> None:
+    cache = ResultCache(ChunkStore(tmp_path))
+    entry = cache.put(KEY, b"result bytes")
+    path = ChunkStore(tmp_path).path(entry.chunks[0])
+    path.write_bytes(b"result bytez")  # same size, different content; the xattr checksum no longer matches
+    assert ResultCache(ChunkStore(tmp_path)).lookup(KEY) is None, "damaged bytes must never be served as a result"
+
+
+def test_clear_forgets_and_frees(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    cache = ResultCache(store)
+    entry = cache.put(KEY, b"result bytes")
+    assert cache.clear() == 1
+    assert cache.lookup(KEY) is None and not store.contains(entry.chunks[0])
+
+
+def test_destination_inside_the_source_is_not_read_as_input(tmp_path: Path) -> None:
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(3):
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(out, format="PNG")
+        (src / f"{i}.png").write_bytes(out.getvalue())
+    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
+    for _ in range(2):
+        stats = Run(pipeline, LocalInput(str(src)), LocalOutput(str(src / "thumbs")),
+                    ResultCache(ChunkStore(tmp_path / "cache")), workers=1).run()
+        assert (stats.total, stats.failed) == (3, 0), "outputs of the first run must not become inputs"
