@@ -77,11 +77,12 @@ class ResultCache:
             return None
         return data
 
-    def put(self, key: str, data: bytes) -> CachedResult:
+    def put(self, key: str, data: bytes, want_md5: bool = True) -> CachedResult:
+        """Store a result; its MD5 (what S3 reports as a single-part ETag) only if wanted ("" otherwise)."""
         chunks = tuple(self.store.put_bytes(data[i:i + RESULT_CHUNK]) for i in range(0, max(len(data), 1), RESULT_CHUNK))
         # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
         whole = chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest()
-        entry = CachedResult(key, len(data), whole, hashlib.md5(data).hexdigest(), chunks)
+        entry = CachedResult(key, len(data), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
         path = self._entry_path(key)
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

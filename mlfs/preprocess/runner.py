@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -114,7 +115,8 @@ class Run:
         self.output = output
         self.cache = cache
         self.workers = max(1, workers or os.cpu_count() or 1)
-        self.io_threads = io_threads or self.workers * 2 + 6
+        # Enough threads that S3 round trips (a PUT is several ms) never leave workers idle.
+        self.io_threads = io_threads or max(16, self.workers * 4)
         self.progress = progress
         self.stop = stop or threading.Event()
         self.stats = RunStats()
@@ -137,8 +139,12 @@ class Run:
             self._workers()  # start the processes before any thread exists (see worker_pool)
         try:
             with ThreadPoolExecutor(self.io_threads) as threads:
-                for _ in threads.map(self._handle, planned):
-                    self._report()
+                try:
+                    for _ in threads.map(self._handle, planned):
+                        self._report()
+                except BaseException:
+                    self.stop.set()  # interrupted: inputs not yet started are skipped
+                    raise
         finally:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
@@ -191,33 +197,51 @@ class Run:
             digest = verify_digest(item, data)
         key = self.pipeline.result_key(digest)
         entry = self.cache.lookup(key)
-        result = None
-        if entry is not None and (self._shards or isinstance(self.output, S3Output)):
-            result = b""  # not needed yet: shards read it later, S3 outputs may skip the upload
-        elif entry is not None:
+        result: bytes | None = None
+        # Shards read cached results at the end; an S3 destination may already hold them.
+        if entry is not None and not self._shards and isinstance(self.output, LocalOutput):
             result = self.cache.read(entry)
-        if entry is not None and result is not None:
+            if result is None:
+                entry = None
+        if entry is not None:
             self._count("cached")
         else:
             if data is None:
                 data = self.source.read(item)
                 verify_digest(item, data)
             self._count("decoded")
-            result = self._workers().submit(process, self._sample_json, data, digest).result()
-            entry = self.cache.put(key, result)
+            result = self._compute(data, digest)
+            entry = self.cache.put(key, result, want_md5=isinstance(self.output, S3Output))
             self._count("done")
         if self._shards:
             with self._lock:
                 self._results[out] = entry
             return
-        if not result:
-            if isinstance(self.output, S3Output) and self.output.already_has(out, entry.size, entry.md5):
+        if result is None:
+            if entry.md5 and isinstance(self.output, S3Output) and self.output.already_has(out, entry.size, entry.md5):
                 self.output.record(out, entry)
                 return
             result = self.cache.read(entry)
             if result is None:
                 raise InputError("its cached result vanished while the run was using it; run again")
-        self.output.write(out, result, entry.md5)
+        self.output.write(out, result, entry.md5 or None)
+
+    def _compute(self, data: bytes, digest: str) -> bytes:
+        # A worker that dies (killed, or crashed inside a decoder) breaks the whole pool
+        # and fails every image in flight: each gets one more try on a fresh pool, so
+        # only an image that kills a worker twice is reported.
+        for attempt in (1, 2):
+            pool = self._workers()
+            try:
+                return pool.submit(process, self._sample_json, data, digest).result()
+            except BrokenProcessPool:
+                with self._lock:
+                    if self._pool is pool:
+                        self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+                if attempt == 2:
+                    raise ImageFailure("a worker process died while processing it") from None
+        raise AssertionError("unreachable")
 
     def _workers(self) -> ProcessPoolExecutor:
         # Started at the first cache miss: a fully cached run starts no process at all.

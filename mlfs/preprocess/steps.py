@@ -82,7 +82,7 @@ def decode(data: bytes, p: dict[str, Any], rng: np.random.Generator) -> Image.Im
         raise ImageFailure("not an image (no decoder recognises these bytes)") from None
     except OSError as exc:
         raise ImageFailure(f"truncated or corrupt image: {_one_line(exc)}") from None
-    img = ImageOps.exif_transpose(img)
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when there is nothing to turn
     return img.convert(p["mode"]) if img.mode != p["mode"] else img
 
 
