@@ -128,6 +128,7 @@ class Run:
         self._sample_json = pipeline.sample_json()
         self._results: dict[str, CachedResult] = {}
         self._pool: ProcessPoolExecutor | None = None
+        self._suspects = threading.Lock()
 
     # ---------------------------------------------------------------- driving
     def run(self) -> RunStats:
@@ -228,20 +229,21 @@ class Run:
 
     def _compute(self, data: bytes, digest: str) -> bytes:
         # A worker that dies (killed, or crashed inside a decoder) breaks the whole pool
-        # and fails every image in flight: each gets one more try on a fresh pool, so
-        # only an image that kills a worker twice is reported.
-        for attempt in (1, 2):
-            pool = self._workers()
+        # and fails every image in flight. Each of those is tried again alone, in a
+        # process of its own, so only an image that kills its own worker is reported.
+        pool = self._workers()
+        try:
+            return pool.submit(process, self._sample_json, data, digest).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+        with self._suspects, worker_pool(1) as alone:
             try:
-                return pool.submit(process, self._sample_json, data, digest).result()
+                return alone.submit(process, self._sample_json, data, digest).result()
             except BrokenProcessPool:
-                with self._lock:
-                    if self._pool is pool:
-                        self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-                if attempt == 2:
-                    raise ImageFailure("a worker process died while processing it") from None
-        raise AssertionError("unreachable")
+                raise ImageFailure("a worker process died while processing it") from None
 
     def _workers(self) -> ProcessPoolExecutor:
         # Started at the first cache miss: a fully cached run starts no process at all.

@@ -64,3 +64,31 @@ def test_destination_inside_the_source_is_not_read_as_input(tmp_path: Path) -> N
         stats = Run(pipeline, LocalInput(str(src)), LocalOutput(str(src / "thumbs")),
                     ResultCache(ChunkStore(tmp_path / "cache")), workers=1).run()
         assert (stats.total, stats.failed) == (3, 0), "outputs of the first run must not become inputs"
+
+
+def _dies_on_marker(sample_json: str, data: bytes, digest: str) -> bytes:
+    """Stands in for a decoder crash: the worker process exits without a word."""
+    import os
+
+    from mlfs.preprocess.steps import process
+
+    if data.startswith(b"KILLS-THE-WORKER"):
+        os._exit(3)
+    return process(sample_json, data, digest)
+
+
+def test_an_image_that_kills_its_worker_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlfs.preprocess.runner as runner
+
+    monkeypatch.setattr(runner, "process", _dies_on_marker)
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(6):
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(out, format="PNG")
+        (src / f"{i}.png").write_bytes(out.getvalue())
+    (src / "poison.png").write_bytes(b"KILLS-THE-WORKER")
+    stats = Run(load_pipeline("thumbnail-webp", ["resize.size=4"]), LocalInput(str(src)),
+                LocalOutput(str(tmp_path / "out")), ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
+    assert (stats.done, stats.failed) == (6, 1), "only the image that kills its worker may fail"
+    assert stats.failures == [(str(src / "poison.png"), "a worker process died while processing it")]
