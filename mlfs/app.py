@@ -36,19 +36,43 @@ def mount_artifact(
     opts: MountOptions,
     foreground: bool,
     say: Callable[[str], None] = print,
-) -> None:
+    command: list[str] | None = None,
+    metrics_addr: str | None = None,
+    mkdir: bool = False,
+    json_logs: bool = False,
+) -> int:
     """Validate everything that can be validated, then mount (daemonising unless foreground).
 
     Every check that can fail on user input runs before the fork, so errors are printed
-    by the process the user started and nothing is mounted.
+    by the process the user started and nothing is mounted. With `command`, the mount
+    stays in the foreground, runs it once ready and unmounts when it exits; the return
+    value is then its exit status (0 otherwise).
     """
-    from mlfs.daemon import daemonize
+    import os
+
+    from mlfs.command import MountedCommand
+    from mlfs.control import serve_control
+    from mlfs.daemon import daemonize, notify_systemd
     from mlfs.fuse.mountpoints import check_mountpoint
     from mlfs.fuse.session import MountSession, SessionSettings
     from mlfs.log import configure
+    from mlfs.metrics import parse_metrics_addr
+    from mlfs.s3.probe import probe_s3
 
     opts.validate()
+    if metrics_addr is not None:
+        parse_metrics_addr(metrics_addr)
+    run = MountedCommand(command) if command is not None else None
+    # A container's main process, and a mount that runs a command, stay in the foreground.
+    foreground = foreground or run is not None or os.getpid() == 1
+    if run is not None:
+        opts.wait_prefetch = True
     manifest = load_manifest(manifest_path)
+    if mkdir:
+        try:
+            Path(mountpoint).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MountError(f"cannot create mountpoint {mountpoint}: {exc.strerror}") from None
     path, cleaned = check_mountpoint(mountpoint)
     if cleaned:
         say(f"mlfs: cleaned a stale mount left at {path} by a process that died")
@@ -66,18 +90,34 @@ def mount_artifact(
         read_ahead_max=opts.read_ahead_max,
         wait_prefetch=opts.wait_prefetch,
     )
+    # Unreachable S3, a wrong endpoint or refused credentials are reported here, by the
+    # command the user ran, and nothing gets mounted.
+    probe_s3(manifest, s3_settings(opts))
     if foreground:
-        def report(error: str | None) -> None:
-            if error is None:
+        def said(error: str | None) -> None:
+            if error is None and run is None:
                 say(f"mlfs: mounted {manifest.name or manifest_path} at {path} (Ctrl-C to unmount)")
     else:
         log_file = opts.log_file or (opts.cache / "mount.log")
-        report = daemonize(log_file)
-        configure(logging.INFO, json_lines=False)
+        said = daemonize(log_file)
+        configure(logging.INFO, json_lines=json_logs)
+
+    def report(error: str | None) -> None:
+        said(error)
+        if error is None:
+            notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {manifest.name} {manifest.version}")
+
     # The S3 client is created after the fork: boto3 sessions and their connection
     # pools must not cross a fork.
     client = make_client(s3_settings(opts))
     session = MountSession(manifest, store, client, settings, policy)
+    session.command = run
+    session.policy_for = lambda m: build_policy(m, opts, learn=False)
+    session.services.append(serve_control)
+    if metrics_addr is not None:
+        from mlfs.metrics.mount import metrics_service
+
+        session.services.append(metrics_service(metrics_addr))
     try:
         session.run(report)
     except MountError as exc:
@@ -86,9 +126,12 @@ def mount_artifact(
     except BaseException as exc:
         report(f"mount failed: {exc}")
         raise
+    finally:
+        notify_systemd("STOPPING=1")
+    return run.status if run is not None and run.status is not None else 0
 
 
-def build_policy(manifest: Manifest, opts: MountOptions) -> MountPolicy | None:
+def build_policy(manifest: Manifest, opts: MountOptions, learn: bool = True) -> MountPolicy | None:
     """Load and validate every rule layer; invalid rules stop the mount before it starts."""
     import os
 
@@ -108,21 +151,58 @@ def build_policy(manifest: Manifest, opts: MountOptions) -> MountPolicy | None:
     )
     workload_text = opts.workload or os.environ.get("MLFS_WORKLOAD")
     workload = parse_workload(workload_text) if workload_text else None
-    learned = LearnedPrefetch(opts.cache, manifest) if opts.learn_prefetch else None
+    learned = LearnedPrefetch(opts.cache, manifest) if opts.learn_prefetch and learn else None
     return MountPolicy(engine, manifest, workload, learned)
 
 
 def status(mountpoint: str | Path) -> dict:
-    from mlfs.fuse.mountpoints import find_mount
+    """Statistics of one mount: live from its process, else the copy it last published."""
+    from mlfs.control import request_status
+    from mlfs.fuse.mountpoints import find_mount, is_stale
     from mlfs.runinfo import read_info
 
     info = find_mount(mountpoint)
     if info is None or not info.is_mlfs:
         raise MountError(f"{Path(mountpoint).absolute()} is not an mlfs mount")
-    doc = read_info(mountpoint)
+    if is_stale(mountpoint):
+        raise MountError(f"{Path(mountpoint).absolute()} is a stale mount (its mlfs process died; "
+                         f"mlfs unmount {Path(mountpoint).absolute()} cleans it)")
+    try:
+        return request_status(mountpoint)
+    except MountError:
+        doc = read_info(mountpoint)
     if doc is None:
         raise MountError(f"no statistics published for {Path(mountpoint).absolute()} yet")
     return doc
+
+
+def all_statuses() -> list[dict]:
+    """Statistics of every live mlfs mount on the machine (stale ones say so)."""
+    from mlfs.fuse.mountpoints import mlfs_mounts
+
+    out = []
+    for info in mlfs_mounts():
+        try:
+            out.append(status(info.mountpoint))
+        except MountError as exc:
+            out.append({"mountpoint": info.mountpoint, "error": str(exc)})
+    return out
+
+
+def switch(mountpoint: str | Path, manifest_ref: str) -> dict:
+    """Make the mount at `mountpoint` serve another manifest; returns the mount's answer."""
+    from mlfs.control import request_switch
+    from mlfs.fuse.mountpoints import find_mount
+
+    info = find_mount(mountpoint)
+    if info is None or not info.is_mlfs:
+        raise MountError(f"{Path(mountpoint).absolute()} is not an mlfs mount")
+    # The same loader as `mlfs mount`: every reference a mount accepts works here too.
+    manifest = load_manifest(manifest_ref)
+    answer = request_switch(mountpoint, manifest, str(manifest_ref))
+    if not answer.get("ok"):
+        raise MountError(f"switch refused, still serving the previous version: {answer.get('error')}")
+    return answer
 
 
 def reload_rules(mountpoint: str | Path) -> int:

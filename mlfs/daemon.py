@@ -1,4 +1,5 @@
-"""Detach from the terminal once the mount is live, reporting mount errors back to it.
+"""Detach from the terminal once the mount is live, reporting mount errors back to it;
+tell systemd (Type=notify) when the mount is ready and when it stops.
 
 The parent waits on a pipe: the child writes "ok" when the filesystem is mounted or
 "error: <message>" when it failed, so the user sees mount errors on their terminal and
@@ -56,3 +57,25 @@ def daemonize(log_path: Path) -> Callable[[str | None], None]:
         os.close(write_fd)
 
     return report
+
+
+def notify_systemd(state: str) -> bool:
+    """Send `state` (e.g. "READY=1") to systemd's notification socket, if there is one.
+
+    The sd_notify protocol is one datagram on the Unix socket named by $NOTIFY_SOCKET
+    (a leading "@" means the abstract namespace); without the variable this does nothing.
+    """
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        except OSError:
+            return False
+    return True

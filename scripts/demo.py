@@ -127,7 +127,7 @@ def main() -> None:
         run("mlfs", "mount", str(manifest), str(mnt), "--cache", str(work / "gateway" / "store"), env=env)
         _, shared_s = load_all(mnt)
         time.sleep(2.2)  # the mount publishes its statistics every 2 s
-        stats = json.loads(subprocess.run([sys.executable, "-m", "mlfs", "status", str(mnt)], env=env,
+        stats = json.loads(subprocess.run([sys.executable, "-m", "mlfs", "status", "--json", str(mnt)], env=env,
                                           check=True, capture_output=True, text=True).stdout)
         print(f"    S3 requests made by this mount: {stats['fetch']['requests']}")
         run("mlfs", "unmount", str(mnt), env=env)

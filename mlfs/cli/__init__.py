@@ -10,10 +10,11 @@ import click
 from mlfs import __version__
 from mlfs.cli.common import run_command
 from mlfs.cli.generate import generate
-from mlfs.cli.mount import mount, reload, status, unmount
+from mlfs.cli.mount import mount, reload, switch, unmount
 from mlfs.cli.preprocess import preprocess
 from mlfs.cli.rules import rules
 from mlfs.cli.serve import serve
+from mlfs.cli.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +28,7 @@ main.add_command(mount)
 main.add_command(unmount)
 main.add_command(status)
 main.add_command(reload)
+main.add_command(switch)
 main.add_command(rules)
 main.add_command(serve)
 main.add_command(preprocess)

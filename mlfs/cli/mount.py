@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -10,8 +11,19 @@ from mlfs.cli.common import run_command, setup_logging
 from mlfs.config import MountOptions, parse_o_options, parse_size
 
 
-@click.command()
-@click.argument("paths", nargs=-1, metavar="[MANIFEST] MOUNTPOINT")
+class _MountCommand(click.Command):
+    """`mlfs mount ... -- CMD ARGS...`: everything after the first `--` is the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["mlfs.command"] = args[at + 1:]
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_MountCommand)
+@click.argument("paths", nargs=-1, metavar="[MANIFEST] MOUNTPOINT [-- CMD ARGS...]")
 @click.option("--manifest", "manifest_opt", help="Manifest file (alternative to the positional MANIFEST).")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground; Ctrl-C unmounts.")
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Chunk store directory [$MLFS_CACHE or ~/.cache/mlfs].")
@@ -33,13 +45,23 @@ from mlfs.config import MountOptions, parse_o_options, parse_size
               help="Record what is read after mount; later mounts of the artifact prefetch it first.")
 @click.option("--no-policy", is_flag=True, default=False, help="Apply no policy rules at all.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log [CACHE/mount.log].")
+@click.option("--mkdir", is_flag=True, help="Create MOUNTPOINT (and its parents) if missing.")
+@click.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text or as one JSON object per line.")
 @click.option("-o", "options", multiple=True, metavar="KEY=VALUE[,...]", help="Any flag above as a mount option.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def mount(paths, manifest_opt, foreground, cache, cache_size, allow_other, uid, gid,
           endpoint_url, region, profile, max_threads, read_ahead_max, rules_files, templates, workload,
-          learn_prefetch, no_policy, wait_prefetch, log_file, options, verbose) -> None:
-    """Mount MANIFEST read-only at MOUNTPOINT; bytes are fetched lazily and verified."""
-    setup_logging(verbose)
+          learn_prefetch, no_policy, wait_prefetch, log_file, mkdir, metrics_addr, log_format,
+          options, verbose) -> None:
+    """Mount MANIFEST read-only at MOUNTPOINT; bytes are fetched lazily and verified.
+
+    With `-- CMD ARGS...`, stay in the foreground, run CMD once the mount is ready,
+    unmount when it exits and exit with its status.
+    """
+    command = click.get_current_context().meta.get("mlfs.command")
+    setup_logging(verbose, log_format == "json")
 
     def body() -> None:
         from mlfs.app import mount_artifact
@@ -73,9 +95,11 @@ def mount(paths, manifest_opt, foreground, cache, cache_size, allow_other, uid, 
             opts.learn_prefetch = True
         if no_policy:
             opts.policy = False
-        mount_artifact(manifest, mountpoint, opts, foreground, say=lambda m: click.echo(m, err=True))
+        return mount_artifact(manifest, mountpoint, opts, foreground, say=lambda m: click.echo(m, err=True),
+                              command=command, metrics_addr=metrics_addr, mkdir=mkdir,
+                              json_logs=log_format == "json")
 
-    run_command(body)
+    sys.exit(run_command(body))
 
 
 @click.command()
@@ -93,20 +117,6 @@ def unmount(mountpoint: Path) -> None:
 
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
-def status(mountpoint: Path) -> None:
-    """Print a mount's statistics as JSON (fetches, store, per-rule policy counters)."""
-    import json
-
-    def body() -> None:
-        from mlfs.app import status as get_status
-
-        click.echo(json.dumps(get_status(mountpoint), indent=1))
-
-    run_command(body)
-
-
-@click.command()
-@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 def reload(mountpoint: Path) -> None:
     """Reload a mount's policy rules (same as sending it SIGHUP)."""
 
@@ -115,5 +125,24 @@ def reload(mountpoint: Path) -> None:
 
         pid = reload_rules(mountpoint)
         click.echo(f"mlfs: asked the mount process {pid} to reload its rules", err=True)
+
+    run_command(body)
+
+
+@click.command()
+@click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("manifest")
+def switch(mountpoint: Path, manifest: str) -> None:
+    """Serve MANIFEST at MOUNTPOINT from now on, without unmounting.
+
+    Files open before the switch keep reading the old version; new opens see the new
+    one. A manifest that fails validation leaves the old version in place.
+    """
+
+    def body() -> None:
+        from mlfs.app import switch as do_switch
+
+        answer = do_switch(mountpoint, manifest)
+        click.echo(f"mlfs: {mountpoint} now serves {answer.get('name')} {answer.get('version')}", err=True)
 
     run_command(body)

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import trio
 
 from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
 from mlfs.manifest.model import FileEntry
+from mlfs.stats import Histogram
 from mlfs.store.chunks import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,22 @@ class FetchStatistics:
     failures: int = 0
     shared_waits: int = 0  # callers that waited on another caller's download
     in_flight: int = 0
+    store_hits: int = 0  # chunk uses served without a download
+    store_misses: int = 0  # chunk uses that needed a download
+    integrity_failures: int = 0  # fetched bytes that did not match the manifest
+    errors: dict[str, int] = field(default_factory=dict)  # failed fetches by kind
+    latency: Histogram = field(default_factory=Histogram)  # seconds per chunk download
+
+    def plus(self, other: FetchStatistics) -> FetchStatistics:
+        errors = dict(self.errors)
+        for kind, n in other.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+        return FetchStatistics(
+            self.requests + other.requests, self.bytes + other.bytes, self.retries + other.retries,
+            self.failures + other.failures, self.shared_waits + other.shared_waits,
+            self.in_flight + other.in_flight, self.store_hits + other.store_hits,
+            self.store_misses + other.store_misses, self.integrity_failures + other.integrity_failures,
+            errors, self.latency.plus(other.latency))
 
 
 class _Flight:
@@ -111,11 +129,18 @@ class ChunkFetcher:
 
     def statistics(self) -> FetchStatistics:
         s = self._stats
-        return FetchStatistics(s.requests, s.bytes, s.retries, s.failures, s.shared_waits, len(self._flights))
+        return FetchStatistics(s.requests, s.bytes, s.retries, s.failures, s.shared_waits, len(self._flights),
+                               s.store_hits, s.store_misses, s.integrity_failures, dict(s.errors),
+                               s.latency.copy())
+
+    def _failed(self, kind: str) -> None:
+        self._stats.failures += 1
+        self._stats.errors[kind] = self._stats.errors.get(kind, 0) + 1
 
     async def ensure(self, entry: FileEntry, index: int) -> str:
         digest = entry.chunks[index]
         if digest in self._ready:
+            self._stats.store_hits += 1
             return digest
         flight = self._flights.get(digest)
         if flight is not None:
@@ -128,8 +153,13 @@ class ChunkFetcher:
         try:
             # First use in this process: check the cached copy (cheap xxh3) or download.
             present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=self.limiter)
-            if not present:
+            if present:
+                self._stats.store_hits += 1
+            else:
+                self._stats.store_misses += 1
+                started = time.monotonic()
                 await self._download(entry, index)
+                self._stats.latency.observe(time.monotonic() - started)
             self._ready.add(digest)
             return digest
         except BaseException as exc:
@@ -153,7 +183,7 @@ class ChunkFetcher:
                 return
             except _Retryable as exc:
                 if attempt >= self.retry.max_attempts:
-                    self._stats.failures += 1
+                    self._failed("unavailable")
                     raise FetchError(
                         f"{entry.source.describe()} chunk {index}: giving up after {attempt} attempts: {exc}"
                     ) from None
@@ -162,11 +192,15 @@ class ChunkFetcher:
                 # One retry covers corruption in transit; a second mismatch means the
                 # object itself no longer matches the manifest.
                 integrity_failures += 1
+                self._stats.integrity_failures += 1
                 if integrity_failures >= 2:
-                    self._stats.failures += 1
+                    self._failed("integrity")
                     raise
+            except ObjectChanged:
+                self._failed("object_changed")
+                raise
             except FetchError:
-                self._stats.failures += 1
+                self._failed("http")
                 raise
             self._stats.retries += 1
             await trio.sleep(self.retry.delay(attempt))

@@ -52,6 +52,20 @@ def find_mount(mountpoint: str | os.PathLike[str]) -> MountInfo | None:
     return found
 
 
+def mlfs_mounts() -> list[MountInfo]:
+    """Every mlfs mount visible to this process, in mount order."""
+    found = []
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            parts, rparts = left.split(), right.split()
+            if len(parts) >= 5 and len(rparts) >= 2:
+                info = MountInfo(_unescape(parts[4]), rparts[0], _unescape(rparts[1]), parts[2])
+                if info.is_mlfs:
+                    found.append(info)
+    return found
+
+
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
     try:
         os.stat(mountpoint)

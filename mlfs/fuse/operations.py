@@ -6,6 +6,7 @@ import errno
 import itertools
 import os
 import time
+from collections import Counter
 from typing import Any
 
 import pyfuse3
@@ -39,6 +40,19 @@ class MlfsOperations(pyfuse3.Operations):
         self._handles: dict[int, OpenFile] = {}
         self._next_fh = itertools.count(1)
         self.on_open: Any = None  # optional hook(entry, OpenFile, pid) for the policy layer
+        # Nodes of trees replaced by `mlfs switch`: the kernel may still ask about them
+        # (open files, cached inodes) until it forgets them.
+        self._retired: dict[int, Node] = {}
+        self._bytes_served = 0
+        self._served_by_path: Counter[str] = Counter()
+
+    def replace_tree(self, table: InodeTable, reader: ArtifactReader) -> None:
+        """Serve a new tree from now on; handles opened before keep their old reader."""
+        for inode, node in self.table.nodes.items():
+            if inode not in table.nodes:
+                self._retired[inode] = node
+        self.table = table
+        self.reader = reader
 
     # ---------------------------------------------------------------- helpers
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
@@ -58,7 +72,7 @@ class MlfsOperations(pyfuse3.Operations):
         return a
 
     def _node(self, inode: int) -> Node:
-        node = self.table.get(inode)
+        node = self.table.get(inode) or self._retired.get(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -142,7 +156,10 @@ class MlfsOperations(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return await handle.read(off, size)
+        data = await handle.read(off, size)
+        self._bytes_served += len(data)
+        self._served_by_path[handle.entry.path] += len(data)
+        return data
 
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
@@ -154,5 +171,13 @@ class MlfsOperations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         return None
 
-    def statistics(self) -> dict[str, int]:
-        return {"open_files": len(self._handles), "inodes": len(self.table.nodes)}
+    def statistics(self) -> dict[str, Any]:
+        windows = [h.window for h in self._handles.values()]
+        return {
+            "open_files": len(self._handles),
+            "inodes": len(self.table.nodes),
+            "bytes_served": self._bytes_served,
+            "read_ahead_window_max": max(windows, default=0),
+            "read_ahead_window_total": sum(windows),
+            "top_files": self._served_by_path.most_common(10),
+        }

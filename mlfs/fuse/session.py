@@ -8,10 +8,12 @@ daemon never leaves a dead mount behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +22,9 @@ from typing import Any
 import pyfuse3
 import trio
 
+from mlfs.command import FORWARDED_SIGNALS, MountedCommand
 from mlfs.errors import MlfsError, MountError
-from mlfs.fetch.fetcher import ChunkFetcher
+from mlfs.fetch.fetcher import ChunkFetcher, FetchStatistics
 from mlfs.fuse.inodes import InodeTable
 from mlfs.fuse.mountpoints import find_mount, tune_kernel_read_ahead
 from mlfs.fuse.operations import MlfsOperations
@@ -66,6 +69,16 @@ class MountSession:
         self.reader: ArtifactReader | None = None
         self.fetcher: ChunkFetcher | None = None
         self.ops: MlfsOperations | None = None
+        self.command: MountedCommand | None = None  # run while mounted, then unmount
+        # Builds the policy of a manifest switched to (`mlfs switch`); None: no policy.
+        self.policy_for: Callable[[Manifest], MountPolicy | None] | None = None
+        # Extra tasks living as long as the mount (metrics server, control socket);
+        # each is called with the session and a trio task_status.
+        self.services: list[Callable[..., Any]] = []
+        self.switched_at: float | None = None
+        self._retired_fetchers: list[ChunkFetcher] = []
+        self._limiter: trio.CapacityLimiter | None = None
+        self._nursery: trio.Nursery | None = None
 
     def fuse_options(self) -> set[str]:
         opts = set(pyfuse3.default_options) | {"fsname=mlfs", "subtype=mlfs", "ro"}
@@ -89,9 +102,10 @@ class MountSession:
 
     async def _main(self, report_ready: Callable[[str | None], None]) -> None:
         s = self.settings
-        limiter = trio.CapacityLimiter(s.max_threads)
+        limiter = self._limiter = trio.CapacityLimiter(s.max_threads)
         self.fetcher = ChunkFetcher(self.client, self.store, self.manifest.chunk_size, limiter)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             self.reader = ArtifactReader(
                 self.manifest, self.store, self.fetcher, nursery,
                 ReadAheadSettings(start=1, max=s.read_ahead_max),
@@ -117,7 +131,11 @@ class MountSession:
                     learned.start()
                     nursery.start_soon(save_learned_after, learned, s.learn_seconds)
                 nursery.start_soon(self._publish_statistics)
+                for service in self.services:
+                    await nursery.start(service, self)
                 report_ready(None)
+                if self.command is not None:
+                    nursery.start_soon(self._run_command)
                 log.info("mounted %s %s at %s", self.manifest.name, self.manifest.version, s.mountpoint)
                 await pyfuse3.main()
             finally:
@@ -134,8 +152,53 @@ class MountSession:
         if entries:
             await self.reader.prefetch(entries)
 
+    async def _run_command(self) -> None:
+        await self.command.run()
+        pyfuse3.terminate()
+
+    async def switch(self, manifest: Manifest) -> None:
+        """Serve `manifest` from now on, without unmounting.
+
+        Files already open keep reading the version they opened; lookups and opens see
+        the new tree at once. Unchanged paths keep their inode numbers (and the kernel
+        keeps their cached pages); names that changed are invalidated in the kernel.
+        Chunks both versions share are found in the store, not fetched again.
+        """
+        s = self.settings
+        old_table = self.table
+        table = InodeTable(manifest, previous=old_table)
+        fetcher = self.fetcher
+        if manifest.chunk_size != fetcher.chunk_size:
+            self._retired_fetchers.append(fetcher)
+            fetcher = ChunkFetcher(self.client, self.store, manifest.chunk_size, self._limiter)
+        reader = ArtifactReader(manifest, self.store, fetcher, self._nursery,
+                                ReadAheadSettings(start=1, max=s.read_ahead_max))
+        policy = self.policy_for(manifest) if self.policy_for is not None else None
+        # One synchronous step: no request is served between these assignments.
+        self.ops.replace_tree(table, reader)
+        self.ops.on_open = policy.on_open if policy is not None else None
+        self.table, self.reader, self.fetcher, self.manifest, self.policy = table, reader, fetcher, manifest, policy
+        self.switched_at = time.time()
+        entries, dirs = table.changes_since(old_table)
+        for parent, name in entries:
+            await trio.to_thread.run_sync(_invalidate_entry, parent, name)
+        for inode in dirs:
+            await trio.to_thread.run_sync(_invalidate_inode, inode)
+        log.info("switched %s to %s %s (%d names changed)", s.mountpoint, manifest.name,
+                 manifest.version, len(entries))
+        self._nursery.start_soon(self._prefetch_at_mount)
+
+    def fetch_statistics(self) -> FetchStatistics | None:
+        """Fetch counters of this mount, over every fetcher it has used."""
+        if self.fetcher is None:
+            return None
+        total = self.fetcher.statistics()
+        for old in self._retired_fetchers:
+            total = total.plus(old.statistics())
+        return total
+
     def statistics(self) -> dict[str, Any]:
-        fetch = self.fetcher.statistics() if self.fetcher else None
+        fetch = self.fetch_statistics()
         doc: dict[str, Any] = {
             "pid": os.getpid(),
             "mountpoint": str(self.settings.mountpoint),
@@ -144,6 +207,9 @@ class MountSession:
             "fetch": dataclasses.asdict(fetch) if fetch else {},
             "store": {"bytes": self.store.usage, "budget": self.store.budget},
             "open_files": self.ops.statistics()["open_files"] if self.ops else 0,
+            "files": self.ops.statistics() if self.ops else {},
+            "store_stats": dataclasses.asdict(self.store.statistics()),
+            "switched_at": self.switched_at,
         }
         if self.policy is not None:
             doc["policy"] = self.policy.statistics()
@@ -180,15 +246,35 @@ class MountSession:
                 log.info("could not raise the kernel read-ahead for %s (needs root)", s.mountpoint)
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        watched = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+        if self.command is not None:
+            watched |= set(FORWARDED_SIGNALS)
+        with trio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     if self.policy is not None:
                         self.policy.reload()
                     continue
+                # With a command running, it decides: its exit ends the mount.
+                if self.command is not None and self.command.forward(signum):
+                    log.info("signal %d: forwarded to %s", signum, self.command.argv[0])
+                    continue
+                if signum not in (signal.SIGTERM, signal.SIGINT):
+                    continue
                 log.info("signal %d: unmounting", signum)
                 pyfuse3.terminate()
                 return
+
+
+def _invalidate_entry(parent: int, name: bytes) -> None:
+    # ENOENT: the kernel had nothing cached under that name.
+    with contextlib.suppress(OSError):
+        pyfuse3.invalidate_entry(parent, name)
+
+
+def _invalidate_inode(inode: int) -> None:
+    with contextlib.suppress(OSError):  # not cached by the kernel
+        pyfuse3.invalidate_inode(inode, attr_only=True)
 
 
 def _first_leaf(group: BaseException) -> BaseException:

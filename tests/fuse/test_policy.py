@@ -22,7 +22,7 @@ MIB = 1 << 20
 def status(mp: Path, env: dict[str, str]) -> dict:
     # Statistics are published every 2 s; wait for a fresh copy.
     time.sleep(2.5)
-    return json.loads(mlfs("status", mp, env=env).stdout)
+    return json.loads(mlfs("status", "--json", mp, env=env).stdout)
 
 
 def chunk_files(cache: Path) -> set[str]:

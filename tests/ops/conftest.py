@@ -1,0 +1,3 @@
+"""Operations tests reuse the FUSE tests' SeaweedFS-backed demo artifact."""
+
+from tests.fuse.conftest import artifact, fuse_ready  # noqa: F401  (fixtures)
