@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlfs.config import MountOptions
-from mlfs.errors import ConfigError, MountError
+from mlfs.errors import ConfigError, MlfsError, MountError
 from mlfs.manifest.model import Manifest
 from mlfs.manifest.validate import load_manifest
 from mlfs.s3.client import S3Settings, make_client
@@ -120,7 +120,7 @@ def mount_artifact(
         session.services.append(metrics_service(metrics_addr))
     try:
         session.run(report)
-    except MountError as exc:
+    except MlfsError as exc:
         report(str(exc))
         raise
     except BaseException as exc:
