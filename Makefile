@@ -74,4 +74,4 @@ image: base-image
 	@$(PODMAN) image inspect --format 'image $(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 test-image: venv image
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFS_IMAGE=$(IMAGE) $(PY) -m pytest -q -p no:cacheprovider tests/image
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH MLFS_IMAGE=$(IMAGE) $(PY) -m pytest -q -s -o addopts=-ra tests/image
