@@ -24,11 +24,15 @@ from mlfs.errors import ConfigError
               help="Cache-through mode: fetch objects missing here from this upstream S3 (AWS_* settings apply).")
 @click.option("--threads", default=16, show_default=True, help="Worker threads for disk and metadata work.")
 @click.option("-v", "--verbose", count=True, help="More logging (-v debug).")
-@click.option("--log-json", is_flag=True, help="Log JSON lines.")
+@click.option("--log-json", is_flag=True, help="Log JSON lines (same as --log-format json).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines as text or as one JSON object per line.")
+@click.option("--metrics-addr", metavar="HOST:PORT", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 def serve(data_dir: Path, listen: str, credentials: Path | None, anonymous_read: tuple[str, ...],
-          upstream: str | None, threads: int, verbose: int, log_json: bool) -> None:
+          upstream: str | None, threads: int, verbose: int, log_json: bool, log_format: str,
+          metrics_addr: str | None) -> None:
     """Serve an S3-compatible API whose objects live in the mlfs chunk store."""
-    setup_logging(verbose + 1, log_json)
+    setup_logging(verbose + 1, log_json or log_format == "json")
 
     def body() -> None:
         from mlfs.gateway.access import load_access_policy
@@ -42,7 +46,15 @@ def serve(data_dir: Path, listen: str, credentials: Path | None, anonymous_read:
         policy = load_access_policy(credentials, anonymous_read=anonymous_read)
         from mlfs.preprocess.service import extend as preprocessing
 
+        middleware = []
+        if metrics_addr is not None:
+            from mlfs.metrics import parse_metrics_addr
+            from mlfs.metrics.gateway import metrics_extension
+
+            parse_metrics_addr(metrics_addr)
+            middleware.append(metrics_extension(metrics_addr))
         serve_forever(GatewayConfig(data_dir=data_dir, host=host.strip("[]"), port=int(port), policy=policy,
-                                    upstream=upstream, threads=threads, extensions=[preprocessing]))
+                                    upstream=upstream, threads=threads, extensions=[preprocessing],
+                                    middleware=middleware))
 
     run_command(body)

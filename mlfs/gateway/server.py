@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -46,6 +47,8 @@ class GatewayConfig:
     # Gateway before it listens, to add HTTP services (gw.services) and write hooks
     # (gw.objects.write_guards / write_listeners).
     extensions: list[Callable[[Gateway], None]] = field(default_factory=list)
+    # Wrappers of the ASGI app (request metrics), applied in order before serving.
+    middleware: list[Callable[[Any], Any]] = field(default_factory=list)
 
 
 def serve_forever(config: GatewayConfig) -> None:
@@ -83,17 +86,20 @@ async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
     hc.h11_max_incomplete_size = 64 * 1024
     hc.include_server_header = False
     hc.include_date_header = True
+    app: Any = GatewayApp(gw)
+    for wrap in config.middleware:
+        app = wrap(app)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_wait_for_signal, stop)
         nursery.start_soon(gw.hash_worker)
-        binds = await nursery.start(_serve_until_stopped, GatewayApp(gw), hc, stop, nursery.cancel_scope)
+        binds = await nursery.start(_serve_until_stopped, app, hc, stop, nursery.cancel_scope)
         for bind in binds:
             log.info("mlfs gateway listening on %s (data in %s)", bind, config.data_dir)
 
 
 async def _serve_until_stopped(
-    app: GatewayApp, hc: HypercornConfig, stop: trio.Event, everything: trio.CancelScope,
+    app: Any, hc: HypercornConfig, stop: trio.Event, everything: trio.CancelScope,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     # serve() returns once in-flight requests have drained or been cancelled after the

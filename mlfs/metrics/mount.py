@@ -71,13 +71,19 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _histogram(name: str, doc: str, h: dict[str, Any]) -> HistogramMetricFamily:
+def cumulative_buckets(bounds: list[float], counts: list[int]) -> list[tuple[str, int]]:
+    """Per-bucket counts (as `mlfs.stats.Histogram` keeps them) → Prometheus's cumulative ones."""
     running = 0
     buckets = []
-    for bound, count in zip([*h["bounds"], float("inf")], h["counts"], strict=True):
+    for bound, count in zip([*bounds, float("inf")], counts, strict=True):
         running += count
         buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h["total"])
+    return buckets
+
+
+def _histogram(name: str, doc: str, h: dict[str, Any]) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, buckets=cumulative_buckets(h["bounds"], h["counts"]),
+                                 sum_value=h["total"])
 
 
 def metrics_service(addr: str) -> Callable[..., Any]:

@@ -7,9 +7,12 @@ import json
 import urllib.request
 from pathlib import Path
 
+import botocore.exceptions
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fuse.conftest import Artifact
+from tests.gateway.server import start_gateway
 from tests.mlfs_cli import mlfs, mounted
 from tests.ops.helpers import assert_clean_log
 from tests.servers import free_port
@@ -38,7 +41,8 @@ def test_metrics_and_status_match_a_cold_read(artifact: Artifact, tmp_path: Path
         first = scrape(port)
         assert first["mlfs_served_bytes_total"] == 0
         assert first["mlfs_fetched_bytes_total"] == 0
-        assert first['mlfs_mount_info{"manifest": "demo", "mountpoint": "%s", "version": "v1"}' % mp] == 1
+        info = json.dumps({"manifest": "demo", "mountpoint": str(mp), "version": "v1"}, sort_keys=True)
+        assert first["mlfs_mount_info" + info] == 1
 
         read = 0
         for name in ("odd.bin", "exact.bin"):
@@ -71,3 +75,30 @@ def test_metrics_and_status_match_a_cold_read(artifact: Artifact, tmp_path: Path
         assert table.splitlines()[0].split()[:3] == ["MOUNTPOINT", "MANIFEST", "VERSION"]
         assert table.splitlines()[1].split()[:3] == [str(mp), "demo", "v1"]
     assert_clean_log(log)
+
+
+def test_gateway_metrics_count_requests_by_operation_and_status(tmp_path: Path) -> None:
+    port = free_port()
+    gateway = start_gateway(tmp_path / "gw", "--metrics-addr", f"127.0.0.1:{port}")
+    try:
+        client = gateway.client()
+        client.create_bucket(Bucket="metrics-test")
+        client.put_object(Bucket="metrics-test", Key="a.bin", Body=b"x" * 1000)
+        assert client.get_object(Bucket="metrics-test", Key="a.bin")["Body"].read() == b"x" * 1000
+        with pytest.raises(botocore.exceptions.ClientError):
+            client.get_object(Bucket="metrics-test", Key="missing")
+        got = scrape(port)
+    finally:
+        gateway.stop()
+
+    def requests(op: str, status: int) -> float:
+        labels = json.dumps({"operation": op, "status": str(status)}, sort_keys=True)
+        return got.get("mlfs_gateway_requests_total" + labels, 0)
+
+    assert requests("create_bucket", 200) == 1
+    assert requests("put_object", 200) == 1
+    assert requests("get_object", 200) == 1
+    assert requests("get_object", 404) == 1
+    assert got['mlfs_gateway_request_duration_seconds_count{"operation": "get_object"}'] == 2
+    log = gateway.log_path.read_text()
+    assert "WARNING" not in log and "Traceback" not in log, log
