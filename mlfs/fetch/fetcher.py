@@ -159,7 +159,10 @@ class ChunkFetcher:
                 self._stats.store_misses += 1
                 started = time.monotonic()
                 await self._download(entry, index)
-                self._stats.latency.observe(time.monotonic() - started)
+                elapsed = time.monotonic() - started
+                self._stats.latency.observe(elapsed)
+                log.debug("fetched %s chunk %d in %.3fs", entry.path, index, elapsed,
+                          extra=_context(entry, index, duration=round(elapsed, 6)))
             self._ready.add(digest)
             return digest
         except BaseException as exc:
@@ -187,7 +190,8 @@ class ChunkFetcher:
                     raise FetchError(
                         f"{entry.source.describe()} chunk {index}: giving up after {attempt} attempts: {exc}"
                     ) from None
-                log.info("retrying %s chunk %d (attempt %d): %s", entry.path, index, attempt, exc)
+                log.info("retrying %s chunk %d (attempt %d): %s", entry.path, index, attempt, exc,
+                         extra=_context(entry, index, attempt=attempt))
             except ChunkIntegrityError:
                 # One retry covers corruption in transit; a second mismatch means the
                 # object itself no longer matches the manifest.
@@ -262,6 +266,13 @@ class ChunkFetcher:
             resp.close()
             raise ObjectChanged(f"{where}: server ignored the range request (HTTP {resp.status})")
         return resp
+
+
+def _context(entry: FileEntry, index: int, **more: Any) -> dict[str, Any]:
+    """Structured fields of a log line about one chunk (JSON log lines carry them)."""
+    src = entry.source
+    where = {"bucket": src.bucket, "key": src.key} if src.is_s3 else {"key": str(src.url)}
+    return {"file": entry.path, "chunk": index, **where, **more}
 
 
 def _classify_client_error(exc: botocore.exceptions.ClientError, where: str) -> Exception:

@@ -16,7 +16,9 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 60.0) 
 
 
 def assert_clean_log(path: Path) -> None:
-    """A daemon's log holds no warning, error or traceback the test did not expect."""
+    """A daemon's log (text or JSON lines) holds no warning, error or traceback."""
     text = path.read_text() if path.exists() else ""
-    bad = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+    bad = [line for line in text.splitlines()
+           if " WARNING " in line or " ERROR " in line or "Traceback" in line
+           or '"level": "warning"' in line or '"level": "error"' in line]
     assert not bad, f"unexpected problems in {path}:\n" + "\n".join(bad)

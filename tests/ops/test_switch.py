@@ -46,7 +46,7 @@ def test_switch_under_concurrent_readers(artifact: Artifact, tmp_path: Path) -> 
     v1, v2, m1, m2 = _versions(artifact, tmp_path)
     log = tmp_path / "mount.log"
     with mounted(m1, tmp_path / "mnt", artifact.env, "--cache", tmp_path / "cache", "--no-policy",
-                 "--log-file", log) as mp:
+                 "--log-file", log, "--log-format", "json") as mp:
         # The kernel caches these answers; the switch must invalidate them.
         assert (mp / "gone.txt").read_bytes() == b"only in v1\n"
         assert not (mp / "sub").exists()
@@ -106,3 +106,6 @@ def test_switch_under_concurrent_readers(artifact: Artifact, tmp_path: Path) -> 
         status = json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)
         assert status["manifest"]["version"] == "v2"
     assert_clean_log(log)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all({"time", "level", "event"} <= e.keys() for e in events)
+    assert any(e["event"].startswith(f"switched {mp} to sw v2") for e in events)
