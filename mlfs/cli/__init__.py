@@ -8,6 +8,7 @@ from __future__ import annotations
 import click
 
 from mlfs import __version__
+from mlfs.cli.cache import cache
 from mlfs.cli.common import run_command
 from mlfs.cli.generate import generate
 from mlfs.cli.mount import mount, reload, switch, unmount
@@ -32,5 +33,6 @@ main.add_command(switch)
 main.add_command(rules)
 main.add_command(serve)
 main.add_command(preprocess)
+main.add_command(cache)
 
 __all__ = ["main", "run_command"]
