@@ -92,7 +92,13 @@ def mount_artifact(
     )
     # Unreachable S3, a wrong endpoint or refused credentials are reported here, by the
     # command the user ran, and nothing gets mounted.
-    probe_s3(manifest, s3_settings(opts))
+    try:
+        probe_s3(manifest, s3_settings(opts))
+    except MountError:
+        # A store that already holds every chunk (a warmed node) serves the mount offline.
+        if not all(store.contains(d) for f in manifest.files for d in f.chunks):
+            raise
+        say("mlfs: S3 cannot be used, but the cache holds every chunk: mounting from the cache")
     if foreground:
         def said(error: str | None) -> None:
             if error is None and run is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tests.fuse.conftest import Artifact, corrupt_byte
 from tests.mlfs_cli import mlfs, mounted
+from tests.servers import free_port
 
 
 def test_warm_then_mount_fetches_nothing_verify_and_gc(artifact: Artifact, tmp_path: Path) -> None:
@@ -34,6 +35,11 @@ def test_warm_then_mount_fetches_nothing_verify_and_gc(artifact: Artifact, tmp_p
             assert (mp / name).read_bytes() == (artifact.local / name).read_bytes()
         assert artifact.server.get_count(artifact.bucket) == before
         assert json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)["fetch"]["requests"] == 0
+
+    # With every chunk local, an unreachable S3 does not stop the mount (an offline node).
+    offline = dict(artifact.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+    with mounted(manifest, tmp_path / "mnt", offline, "--cache", cache, "--no-policy") as mp:
+        assert (mp / "exact.bin").read_bytes() == (artifact.local / "exact.bin").read_bytes()
 
     assert mlfs("cache", "verify", "--cache", cache, env=artifact.env).returncode == 0
     victim = sorted(chunks)[0]
