@@ -12,6 +12,7 @@ import os
 import resource
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,12 @@ def podman(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(["podman", "--runtime", "runc", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def run_image(work: Path, server: S3Server, *args: str) -> subprocess.CompletedProcess:
+def run_image(work: Path, server: S3Server, *args: str, detach: str | None = None) -> subprocess.CompletedProcess:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     env = server.env()
+    how = ("-d", "--name", detach) if detach else ("--rm",)
     return podman(
-        "run", "--rm", "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
+        "run", *how, "--network", "host", "--device", "/dev/fuse", "--cap-add", "SYS_ADMIN",
         # This machine grants less than podman's default limits.
         "--ulimit", f"nofile={hard}:{hard}", "--ulimit", "nproc=4096:4096",
         "-v", f"{work}:/work:ro",
@@ -98,3 +100,31 @@ def test_container_mounts_runs_a_reader_and_fails_on_a_changed_object(
     assert changed.returncode == 1, changed.stdout + changed.stderr
     assert "reader: weights.bin: Stale file handle" in changed.stderr
     assert json.loads((work / "m.json").read_text())["name"] == "img"
+
+
+def test_mlfs_as_pid_1_stays_in_the_foreground_until_stopped(
+        image: str, seaweedfs: S3Server, tmp_path: Path) -> None:
+    client = seaweedfs.client()
+    client.create_bucket(Bucket="image-sidecar")
+    client.put_object(Bucket="image-sidecar", Key="models/side/v1/w.bin", Body=np.random.default_rng(3).bytes(1 << 20))
+    work = tmp_path / "work"
+    work.mkdir()
+    mlfs("generate", "s3://image-sidecar/models/side/v1/", "-o", work / "m.json", "-q", env=seaweedfs.env())
+    (work / "verify.py").write_text(VERIFY)
+    name = f"mlfs-test-{os.getpid()}"
+    started = run_image(work, seaweedfs, "mount", "/work/m.json", "/mnt/model", "--mkdir", detach=name)
+    assert started.returncode == 0, started.stderr
+    try:
+        # Without --foreground: as PID 1, mlfs does not daemonise, so the container lives on.
+        deadline = time.monotonic() + 120
+        while True:
+            check = podman("exec", name, "python3", "/work/verify.py", "/mnt/model", "/work/m.json")
+            if check.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert check.stdout.strip() == "reader: verified 1 files", check.stderr
+        assert podman("stop", "-t", "30", name).returncode == 0
+        code = podman("inspect", "--format", "{{.State.ExitCode}}", name)
+        assert code.stdout.strip() == "0", podman("logs", name).stderr
+    finally:
+        podman("rm", "-f", name)
