@@ -67,8 +67,10 @@ def mlfs_mounts() -> list[MountInfo]:
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
+    # statfs always reaches the filesystem process; a stat may be answered from the
+    # kernel's attribute cache even after that process died.
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
