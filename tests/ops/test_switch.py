@@ -16,7 +16,6 @@ from tests.mlfs_cli import mlfs, mounted
 from tests.ops.helpers import assert_clean_log
 
 MIB = 1 << 20
-BUCKET = "switch-test"
 
 
 def _versions(artifact: Artifact, tmp_path: Path) -> tuple[dict, dict, Path, Path]:
@@ -29,14 +28,14 @@ def _versions(artifact: Artifact, tmp_path: Path) -> tuple[dict, dict, Path, Pat
         data[2 * MIB: 3 * MIB] = rng.bytes(MIB)
         v2[f"f{i}.bin"] = bytes(data)
     v2["sub/new.txt"] = b"only in v2\n"
+    # The artifact's bucket: every bucket takes volumes of its own on the shared server.
     client = artifact.server.client()
-    client.create_bucket(Bucket=BUCKET)
     manifests = []
     for version, files in (("v1", v1), ("v2", v2)):
         for name, data in files.items():
-            client.put_object(Bucket=BUCKET, Key=f"models/sw/{version}/{name}", Body=data)
+            client.put_object(Bucket=artifact.bucket, Key=f"models/sw/{version}/{name}", Body=data)
         out = tmp_path / f"{version}.json"
-        mlfs("generate", f"s3://{BUCKET}/models/sw/{version}/", "-o", out, "--chunk-size", "1M",
+        mlfs("generate", f"s3://{artifact.bucket}/models/sw/{version}/", "-o", out, "--chunk-size", "1M",
              "--no-prefetch", "-q", env=artifact.env)
         manifests.append(out)
     return v1, v2, manifests[0], manifests[1]
@@ -83,13 +82,13 @@ def test_switch_under_concurrent_readers(artifact: Artifact, tmp_path: Path) -> 
             assert not isinstance(got, BaseException), f"reader of f{i}.bin failed: {got!r}"
             assert got == v1[f"f{i}.bin"], f"f{i}.bin opened before the switch did not read v1"
 
-        before = artifact.server.get_count(BUCKET)
+        before = artifact.server.get_count(artifact.bucket)
         for name, data in v2.items():
             assert (mp / name).read_bytes() == data, f"{name} opened after the switch did not read v2"
         assert not (mp / "gone.txt").exists()
         assert sorted(os.listdir(mp)) == sorted([n for n in v2 if "/" not in n] + ["sub"])
         # Only the four changed chunks and the new file's one were fetched.
-        assert artifact.server.get_count(BUCKET) - before == 5
+        assert artifact.server.get_count(artifact.bucket) - before == 5
 
         status = json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)
         assert status["manifest"] == {"name": "sw", "version": "v2"}
