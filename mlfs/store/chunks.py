@@ -366,9 +366,14 @@ class ChunkWriter:
                 self.store._xattrs = False
         self._fh.close()
         final = self.store.path(digest)
-        final.parent.mkdir(exist_ok=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            _fsync_dir(final.parent.parent)
         existed = final.exists()
         os.replace(self._tmp, final)
+        # The rename is durable only once its directory is: without this a power loss
+        # can forget a chunk whose object row was already committed.
+        _fsync_dir(final.parent)
         self._done = True
         with self.store._lock:
             self.store._verified.add(digest)
@@ -384,6 +389,14 @@ class ChunkWriter:
         self._fh.close()
         with contextlib.suppress(FileNotFoundError):
             self._tmp.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _file_digest(p: Path, algo: type) -> str:
