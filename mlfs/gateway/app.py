@@ -170,7 +170,7 @@ class GatewayApp:
         if service is not None:
             await service(self.gw, scope, receive, send)
             return
-        resp = Responder(send, "-")
+        resp = Responder(send, "-", scope)
         head = scope.get("method") == "HEAD"
         req = None
         try:

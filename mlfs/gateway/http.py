@@ -74,9 +74,11 @@ def http_date(ts: float) -> str:
 class Responder:
     """Sends one response; tracks whether headers went out so errors can still be reported."""
 
-    def __init__(self, send: Any, request_id: str) -> None:
+    def __init__(self, send: Any, request_id: str, scope: Scope | None = None) -> None:
         self._send = send
         self.request_id = request_id
+        # The connection's (client, server) addresses, to end it if a download stalls.
+        self.peer = (tuple((scope or {}).get("client") or ()), tuple((scope or {}).get("server") or ()))
         self.started = False
         self.status = 0
 

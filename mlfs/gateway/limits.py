@@ -30,7 +30,8 @@ class Limits:
     per_client_requests: int = 64  # requests in flight from one client address
     min_rate: float = 4096.0  # bytes per second, averaged over a transfer...
     rate_grace: float = 10.0  # ...once it has run this long
-    # A body read that waits this long for the next bytes is abandoned whatever the rate.
+    # A transfer whose next block (request body in, download out) takes this long is
+    # abandoned whatever its average rate.
     body_stall: float = field(default_factory=lambda: float(os.environ.get("MLFS_GATEWAY_BODY_TIMEOUT_SECONDS", "30")))
     upstream_max_size: int = 5 * 1024**3  # bytes one cache-through miss may fetch
     upstream_fetches: int = 4  # cache-through downloads at once

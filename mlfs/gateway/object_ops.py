@@ -14,6 +14,7 @@ import trio
 from mlfs.gateway import xmlout
 from mlfs.gateway.body import ClientGone, RequestBody
 from mlfs.gateway.catalog import ObjectRecord
+from mlfs.gateway.connections import shut_down
 from mlfs.gateway.context import Gateway
 from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request, Responder
@@ -46,7 +47,7 @@ from mlfs.gateway.xmlout import quote_etag
 log = logging.getLogger(__name__)
 
 MAX_OBJECT = 5 * 1024**3
-SEND_BLOCK = 1 << 20
+SEND_BLOCK = 256 << 10  # two of these per download at most: 1,000 slow readers hold ~0.5 GiB
 SMALL_BODY = 1024**2  # bodies up to this size are stored in one worker-thread trip
 RESPONSE_OVERRIDES = {
     "response-content-type": "content-type",
@@ -152,12 +153,26 @@ async def get_object(gw: Gateway, req: Request, resp: Responder) -> None:
 async def _send_timed(resp: Responder, clock: TransferClock, data: bytes, more: bool) -> None:
     # A client that stops reading (or reads slower than the minimum rate) loses the
     # connection instead of holding a request slot, a chunk file and a buffer forever.
-    try:
-        with trio.fail_after(clock.time_left()):
-            await resp.body(data, more)
-    except trio.TooSlowError:
+    # The stall cap matters after a fast start: bytes already sent must not buy hours.
+    # The HTTP server's socket writes cannot be cancelled (see connections.py): a
+    # watchdog shuts the connection down when the deadline passes, failing the write.
+    cut = False
+
+    async def watchdog() -> None:
+        nonlocal cut
+        await trio.sleep(clock.time_left(clock.limits.body_stall))
+        cut = True
         log.info("download cut: the client read %d bytes, slower than the minimum rate", clock.done)
-        raise ClientGone() from None
+        client, server = resp.peer
+        if len(client) == 2 and len(server) == 2:
+            await trio.to_thread.run_sync(shut_down, client, server)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watchdog)
+        await resp.body(data, more)
+        nursery.cancel_scope.cancel()
+    if cut:
+        raise ClientGone()
     clock.advance(len(data))
 
 

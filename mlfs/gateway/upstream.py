@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import trio
+from botocore.exceptions import BotoCoreError
 
 from mlfs.errors import MlfsError
 from mlfs.gateway.catalog import ObjectRecord
@@ -76,7 +77,7 @@ class Upstream:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             if code in ("NoSuchKey", "404", "NotFound"):
                 return None
-            if isinstance(exc, MlfsError) or code:
+            if isinstance(exc, MlfsError | BotoCoreError) or code:
                 log.error("upstream GET s3://%s/%s%s failed: %s", self.bucket, self.prefix, key, exc)
             else:
                 log.exception("upstream GET s3://%s/%s%s failed", self.bucket, self.prefix, key)
