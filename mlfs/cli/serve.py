@@ -35,7 +35,7 @@ from mlfs.errors import ConfigError
 @click.option("--min-rate-grace", default=10.0, show_default=True, type=click.FloatRange(min=0), metavar="SECONDS",
               help="How long a transfer may run before --min-rate applies.")
 @click.option("--body-timeout", default=None, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Abandon a request body whose next bytes take this long  [default: 30].")
+              help="Abandon an upload or download whose next block takes this long  [default: 30].")
 @click.option("--upstream-max-size", default=5 * 1024**3, show_default=True, type=click.IntRange(min=0),
               metavar="BYTES", help="Largest object a cache-through miss fetches.")
 @click.option("--upstream-fetches", default=4, show_default=True, type=click.IntRange(min=1),
