@@ -180,7 +180,7 @@ class GatewayApp:
             if req.bucket is not None:
                 check_bucket(req.bucket)
             req.auth = authenticate(self.gw.policy, req.method, req.raw_path, req.query_string, req.headers,
-                                    region=self.gw.region)
+                                    region=self.gw.region, content_headers_signed=True)
             handler, right = route(req)
             authorise(self.gw, req, right)
             await handler(self.gw, req, resp)

@@ -72,8 +72,13 @@ def authenticate(
     headers: dict[str, list[str]],
     now: float | None = None,
     region: str = DEFAULT_REGION,
+    content_headers_signed: bool = False,
 ) -> Authenticated | None:
-    """The verified caller, or None for an anonymous request. Raises S3Error on a bad signature."""
+    """The verified caller, or None for an anonymous request. Raises S3Error on a bad signature.
+
+    `content_headers_signed` (the S3 API: the content type is stored with the object)
+    also requires Content-Type and Content-MD5, when sent, to be signed.
+    """
     now = time.time() if now is None else now
     authorization = _first(headers, "authorization")
     pairs = _query_pairs(query_string)
@@ -136,7 +141,7 @@ def authenticate(
     signed_names = signed.split(";")
     if "host" not in signed_names:
         raise S3Error("AccessDenied", "The host header must be signed.")
-    check_signed_headers(headers, set(signed_names), presigned)
+    check_signed_headers(headers, set(signed_names), presigned, content_headers_signed and not presigned)
     canonical_headers = "".join(
         f"{name}:{','.join(' '.join(v.split()) for v in headers.get(name, []))}\n" for name in signed_names
     )
@@ -157,11 +162,12 @@ def authenticate(
     )
 
 
-def check_signed_headers(headers: dict[str, list[str]], signed: set[str], presigned: bool) -> None:
+def check_signed_headers(headers: dict[str, list[str]], signed: set[str], presigned: bool,
+                         content_headers: bool) -> None:
     """Refuse a request carrying an x-amz-* (or content-md5/-type) header the signature does not cover."""
     for name in headers:
-        must = name.startswith("x-amz-") or (not presigned and name in _SIGNED_IF_PRESENT)
-        if presigned and name == "x-amz-content-sha256":
+        must = name.startswith("x-amz-") or (content_headers and name in _SIGNED_IF_PRESENT)
+        if name == "x-amz-content-sha256" and presigned:
             must = False  # part of the canonical request as the payload hash
         if must and name not in signed:
             raise S3Error("AccessDenied", f"There were headers present in the request which were not signed: {name}")
