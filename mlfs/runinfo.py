@@ -19,6 +19,7 @@ import json
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,8 @@ def process_start_time(pid: int) -> int | None:
 
 
 def publisher() -> dict[str, Any]:
-    """Identity of this process, for the info file: PID and start time."""
-    return {"pid": os.getpid(), "pid_start": process_start_time(os.getpid())}
+    """Identity of this process and the time of publication, for the info file."""
+    return {"pid": os.getpid(), "pid_start": process_start_time(os.getpid()), "published": time.time()}
 
 
 def write_info(mountpoint: str | os.PathLike[str], doc: dict[str, Any]) -> None:
