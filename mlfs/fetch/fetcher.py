@@ -163,10 +163,13 @@ class ChunkFetcher:
                     ) from None
                 log.info("retrying %s chunk %d (attempt %d): %s", entry.path, index, attempt, exc)
             except ChunkIntegrityError:
-                # One retry covers corruption in transit; a second mismatch means the
-                # object itself no longer matches the manifest.
+                # With If-Match, an answer proves the object is still the manifest's
+                # version, so a mismatch is damage in transit and gets the full retry
+                # budget. Without an ETag, one retry covers transit damage; a second
+                # mismatch means the object itself no longer matches the manifest.
                 integrity_failures += 1
-                if integrity_failures >= 2:
+                limit = self.retry.max_attempts if entry.source.etag else 2
+                if integrity_failures >= limit:
                     self._stats.failures += 1
                     raise
             except FetchError:

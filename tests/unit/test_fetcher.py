@@ -136,9 +136,31 @@ def test_changed_object_is_estale_without_retry(tmp_path: Path) -> None:
     assert info.value.errno == 116 and len(fake.calls) == 1  # ESTALE
 
 
-def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(tmp_path: Path) -> None:
+def test_repeated_transit_damage_under_if_match_is_retried(tmp_path: Path) -> None:
     data = os.urandom(CHUNK)
     fake = FakeS3(data, ["bad", "bad", "bad"])
+    store, _entry, _fetcher, digest = run_fetch(tmp_path, fake, data)
+    assert store.read_all(digest) == data and len(fake.calls) == 4
+
+
+def test_without_etag_a_second_mismatch_is_an_integrity_error(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["bad", "bad"])
+    store = ChunkStore(tmp_path)
+    entry = entry_for(data, etag=None)
+
+    async def main():
+        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(4, 0.5, 5))
+        await fetcher.ensure(entry, 0)
+
+    with pytest.raises(ChunkIntegrityError):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(fake.calls) == 2
+
+
+def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["bad", "bad", "bad", "bad"])
     with pytest.raises(ChunkIntegrityError):
         run_fetch(tmp_path, fake, data)
     store = ChunkStore(tmp_path)
