@@ -55,8 +55,10 @@ def find_mount(mountpoint: str | os.PathLike[str]) -> MountInfo | None:
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
+    # statfs always reaches the daemon; stat may be answered from the kernel's attribute
+    # cache (mounts cache attributes for a day), which outlives a killed daemon.
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
