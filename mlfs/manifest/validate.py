@@ -52,6 +52,8 @@ def parse_manifest(doc: bytes | str | dict[str, Any], origin: str = "manifest") 
             doc = json.loads(doc)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{origin}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ManifestError(f"{origin}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{origin}: top level must be a JSON object")
     return _Parser(origin).manifest(doc)

@@ -124,6 +124,8 @@ def safetensors_tensor_ranges(header_bytes: bytes, file_size: int | None = None)
         header = json.loads(header_bytes[8:total])
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"safetensors: header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError("safetensors: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise FormatError("safetensors: header must be a JSON object")
     ranges = []

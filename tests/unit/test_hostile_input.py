@@ -196,3 +196,21 @@ def test_reload_refuses_a_pid_that_is_not_the_mount(tmp_path: Path, monkeypatch:
         runinfo.verified_mount_pid(dict(doc, pid_start=doc["pid_start"] + 1), "/mnt/x")
     with pytest.raises(MountError, match="no valid mount process"):
         runinfo.verified_mount_pid({"pid": 1}, "/mnt/x")
+
+
+# ------------------------------------------------------- parsers' odd corners
+@pytest.mark.parametrize("text", ["!!python/object:os.system", "rules:\n  - id: 2001-13-45",
+                                  "a: !!binary 'zz'", "x: &a [*a]", "[" * 5000])
+def test_odd_yaml_is_a_rule_problem_not_a_crash(text: str) -> None:
+    from mlfs.policy.parse import parse_rule_text
+
+    parsed, report = parse_rule_text(text)
+    assert parsed is None or report.problems
+    assert report.problems and all("\n" not in str(p) for p in report.problems)
+
+
+def test_deeply_nested_json_is_a_one_line_error() -> None:
+    with pytest.raises(ManifestError, match="nested too deeply"):
+        parse_manifest(b"[" * 100_000)
+    with pytest.raises(FormatError, match="nested too deeply"):
+        safetensors_tensor_ranges(struct.pack("<Q", 100_000) + b"[" * 100_000)
