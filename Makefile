@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # real S3 clients the gateway tests drive.
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rclone s3cmd
 
-.PHONY: demo test bench lint system-deps venv clean
+.PHONY: demo test test-long bench lint system-deps venv clean
 
 system-deps:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -30,6 +30,10 @@ demo: venv
 
 test: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
+
+# The fuzz targets with at least 10,000 examples each (make test runs a few hundred).
+test-long: venv
+	HYPOTHESIS_PROFILE=long PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q tests/fuzz
 
 bench: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/run_all.py

@@ -65,6 +65,7 @@ def mount_artifact(
         max_threads=opts.max_threads,
         read_ahead_max=opts.read_ahead_max,
         wait_prefetch=opts.wait_prefetch,
+        kernel_flags=tuple(opts.kernel_flags),
     )
     if foreground:
         def report(error: str | None) -> None:
@@ -129,7 +130,9 @@ def reload_rules(mountpoint: str | Path) -> int:
     import os
     import signal
 
-    pid = int(status(mountpoint)["pid"])
+    from mlfs.runinfo import verified_mount_pid
+
+    pid = verified_mount_pid(status(mountpoint), Path(mountpoint).absolute())
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:

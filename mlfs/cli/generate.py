@@ -41,6 +41,43 @@ def _with_progress(total: int, quiet: bool, work, counter) -> Any:
     return result["value"]
 
 
+def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir: Path | None,
+                   from_file: Path | None, output: str | None, prefetch: tuple[str, ...],
+                   no_prefetch: bool) -> int:
+    """Refuse every bad option before any listing or hashing starts; returns the chunk size."""
+    from mlfs.config import parse_size
+    from mlfs.errors import ConfigError
+    from mlfs.manifest.validate import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+    from mlfs.s3.client import split_s3_url
+
+    size = parse_size(chunk_size, "--chunk-size")
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes "
+                          f"(64K to 1G), not {size}")
+    if not 1 <= workers <= 256:
+        raise ConfigError(f"--workers must be between 1 and 256, not {workers}")
+    if prefetch and no_prefetch:
+        raise ConfigError("--prefetch and --no-prefetch contradict each other")
+    if from_file is not None:
+        if s3_url or local_dir:
+            raise ConfigError("--from takes no s3:// URL and no --local")
+        if not from_file.is_file():
+            raise ConfigError(f"--from {from_file}: no such file")
+    else:
+        if not s3_url:
+            raise ConfigError("give an s3://BUCKET/PREFIX/ URL (or --from FILE)")
+        split_s3_url(s3_url)
+        if local_dir is not None and not local_dir.is_dir():
+            raise ConfigError(f"--local {local_dir}: no such directory")
+    if output not in (None, "-"):
+        parent = Path(output).absolute().parent
+        if not parent.is_dir():
+            raise ConfigError(f"--output {output}: directory {parent} does not exist")
+        if Path(output).is_dir():
+            raise ConfigError(f"--output {output} is a directory")
+    return size
+
+
 @click.command()
 @click.argument("s3_url", required=False, metavar="[s3://BUCKET/PREFIX/]")
 @click.option("-o", "--output", help="Write the manifest here (default: stdout).")
@@ -67,28 +104,23 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
     setup_logging(verbose)
 
     def body() -> None:
-        from mlfs.config import parse_size
-        from mlfs.errors import ConfigError
         from mlfs.manifest import DEFAULT_CHUNK_SIZE
         from mlfs.manifest import generate as gen
         from mlfs.s3.client import S3Settings, make_client, split_s3_url
 
-        size = parse_size(chunk_size, "--chunk-size")
+        size = _check_options(chunk_size, workers, s3_url, local_dir, from_file, output,
+                              prefetch, no_prefetch)
         client = make_client(S3Settings(endpoint_url=endpoint_url, region=region, profile=profile,
                                         max_pool=max(10, workers + 2)))
         counter = gen.ByteCounter()
         links = []
         meta: dict[str, Any] = {}
         if from_file is not None:
-            if s3_url or local_dir:
-                raise ConfigError("--from takes no s3:// URL and no --local")
             refs, meta = gen.refs_from_artifactfs(gen.read_json_file(from_file), str(from_file))
             files = _with_progress(sum(r.size for r in refs), quiet,
                                    lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
             default_name, default_version = meta["name"], meta["version"]
         else:
-            if not s3_url:
-                raise ConfigError("give an s3://BUCKET/PREFIX/ URL (or --from FILE)")
             bucket, prefix = split_s3_url(s3_url)
             default_name, default_version = gen.name_version_from_prefix(prefix)
             if local_dir is not None:

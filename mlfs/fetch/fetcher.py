@@ -20,6 +20,7 @@ from typing import Any
 
 import botocore.exceptions
 import trio
+import urllib3.exceptions
 
 from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
 from mlfs.manifest.model import FileEntry
@@ -37,6 +38,9 @@ _CONNECTION_ERRORS = (
     botocore.exceptions.HTTPClientError,
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.ResponseStreamingError,
+    # The body is read from urllib3's stream directly, so its errors arrive unwrapped
+    # (a reset mid-body is a ProtocolError).
+    urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,
     urllib.error.URLError,
@@ -159,10 +163,13 @@ class ChunkFetcher:
                     ) from None
                 log.info("retrying %s chunk %d (attempt %d): %s", entry.path, index, attempt, exc)
             except ChunkIntegrityError:
-                # One retry covers corruption in transit; a second mismatch means the
-                # object itself no longer matches the manifest.
+                # With If-Match, an answer proves the object is still the manifest's
+                # version, so a mismatch is damage in transit and gets the full retry
+                # budget. Without an ETag, one retry covers transit damage; a second
+                # mismatch means the object itself no longer matches the manifest.
                 integrity_failures += 1
-                if integrity_failures >= 2:
+                limit = self.retry.max_attempts if entry.source.etag else 2
+                if integrity_failures >= limit:
                     self._stats.failures += 1
                     raise
             except FetchError:
@@ -185,6 +192,9 @@ class ChunkFetcher:
                 with self.store.writer(digest) as writer:
                     while n := readinto(buf):
                         writer.write(buf[:n])
+                        if writer.size > end - start:
+                            # Never store (or keep reading) more than the range asked for.
+                            raise _Retryable(f"{where}: server sent more than {end - start} bytes")
                     if writer.size != end - start:
                         raise _Retryable(f"{where}: got {writer.size} bytes, expected {end - start}")
                     try:
@@ -214,9 +224,15 @@ class ChunkFetcher:
             if src.etag:
                 kwargs["IfMatch"] = src.etag
             try:
-                return self.client.get_object(**kwargs)["Body"]
+                response = self.client.get_object(**kwargs)
             except botocore.exceptions.ClientError as exc:
                 raise _classify_client_error(exc, where) from None
+            if "ContentRange" not in response and not (start == 0 and end == entry.size):
+                # A server (or proxy) that ignores Range sends the whole object: drop it
+                # unread rather than download the object once per chunk.
+                response["Body"].close()
+                raise _Retryable(f"{where}: server ignored the range request")
+            return response["Body"]
         request = urllib.request.Request(str(src.url), headers={"Range": f"bytes={start}-{end - 1}"})
         if src.etag:
             request.add_header("If-Match", src.etag)

@@ -46,6 +46,7 @@ class SessionSettings:
     wait_prefetch: bool = False
     learn_seconds: float = 30.0
     stats_interval: float = 2.0
+    kernel_flags: tuple[str, ...] = ()  # extra mount(8) flags, e.g. noexec
 
 
 class MountSession:
@@ -68,7 +69,10 @@ class MountSession:
         self.ops: MlfsOperations | None = None
 
     def fuse_options(self) -> set[str]:
-        opts = set(pyfuse3.default_options) | {"fsname=mlfs", "subtype=mlfs", "ro"}
+        # nosuid and nodev always, explicitly: the manifest is untrusted, and nothing in an
+        # artifact should ever gain privileges or reach a device.
+        opts = set(pyfuse3.default_options) | {"fsname=mlfs", "subtype=mlfs", "ro", "nosuid", "nodev"}
+        opts |= set(self.settings.kernel_flags)
         if self.settings.allow_other:
             opts.add("allow_other")
         return opts
@@ -128,11 +132,17 @@ class MountSession:
                 log.info("unmounted %s", s.mountpoint)
 
     async def _prefetch_at_mount(self) -> None:
-        entries = self.reader.prefetch_entries()
-        if self.policy is not None:
-            await self.policy.at_mount(self.reader)
-        if entries:
-            await self.reader.prefetch(entries)
+        # A background task of the mount: an error here must not take the mount down.
+        try:
+            entries = self.reader.prefetch_entries()
+            if self.policy is not None:
+                await self.policy.at_mount(self.reader)
+            if entries:
+                await self.reader.prefetch(entries)
+        except MlfsError as exc:
+            log.info("mount-time prefetch stopped: %s", exc)
+        except Exception:
+            log.exception("mount-time prefetch failed unexpectedly")
 
     def statistics(self) -> dict[str, Any]:
         fetch = self.fetcher.statistics() if self.fetcher else None
@@ -150,11 +160,15 @@ class MountSession:
         return doc
 
     async def _publish_statistics(self) -> None:
+        said = None
         while True:
             try:
                 write_info(self.settings.mountpoint, self.statistics())
-            except OSError as exc:
-                log.info("cannot write mount statistics: %s", exc)
+            except (OSError, MountError) as exc:
+                # Said once: the mount serves on without status/reload support.
+                if str(exc) != said:
+                    said = str(exc)
+                    log.warning("cannot publish mount statistics (status and reload will not work): %s", exc)
             await trio.sleep(self.settings.stats_interval)
 
     def _finish(self) -> None:

@@ -258,6 +258,8 @@ def read_json_file(path: Path) -> Any:
         raise ManifestError(f"{path}: no such file") from None
     except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: JSON nested too deeply") from None
 
 
 def build_manifest(

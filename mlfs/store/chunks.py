@@ -4,8 +4,9 @@ Writers stream into a private temp file, hash as they go, fsync, and rename into
 only when the digest matches; readers therefore never see a partial or unverified
 chunk, and any number of processes can share one store without a daemon.
 
-Disk corruption is caught cheaply: each chunk carries its xxh3-128 in an extended
-attribute, checked the first time a process uses the chunk (falling back to a SHA-256
+Disk corruption is caught cheaply: each chunk carries its SHA-256 name and xxh3-128 in an
+extended attribute (the name too, so a chunk file moved or copied under another chunk's
+name is caught as well as damaged bytes), checked the first time a process uses the chunk (falling back to a SHA-256
 re-hash where xattrs are unsupported). A chunk that fails is moved to `quarantine/`
 and reported missing, so the caller fetches it again.
 """
@@ -238,7 +239,11 @@ class ChunkStore:
                     self._xattrs = False
                 want = None
             if want is not None:
-                return _file_digest(p, xxhash.xxh3_128) == want
+                # "<sha256>:<xxh3>": the checksum is only worth trusting for this name.
+                # Anything else (a bare xxh3 of an older store) falls back to SHA-256.
+                named, _, xxh = want.partition(":")
+                if xxh:
+                    return named == digest and _file_digest(p, xxhash.xxh3_128) == xxh
         return _file_digest(p, hashlib.sha256) == digest
 
     def _fd(self, digest: str) -> int:
@@ -361,7 +366,7 @@ class ChunkWriter:
         os.fsync(self._fh.fileno())
         if self.store._xattrs:
             try:
-                os.setxattr(self._tmp, _XATTR, self._xxh.hexdigest().encode())
+                os.setxattr(self._tmp, _XATTR, f"{digest}:{self._xxh.hexdigest()}".encode())
             except OSError:
                 self.store._xattrs = False
         self._fh.close()

@@ -65,6 +65,19 @@ def test_corruption_is_detected_and_quarantined(tmp_path: Path, xattrs: bool) ->
     assert fresh.statistics().quarantined_chunks == 1
 
 
+@pytest.mark.expect_warnings
+def test_a_chunk_file_under_another_chunks_name_is_caught(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    a, b = store.put_bytes(os.urandom(4096)), store.put_bytes(os.urandom(4096))
+    # Swapped by hand: each file keeps its own (valid) checksum attribute.
+    os.rename(store.path(a), tmp_path / "a")
+    os.rename(store.path(b), store.path(a))
+    os.rename(tmp_path / "a", store.path(b))
+    fresh = ChunkStore(tmp_path)
+    assert fresh.ensure_verified(a) is False
+    assert fresh.ensure_verified(b) is False
+
+
 def test_intact_chunk_verifies_in_a_new_store(tmp_path: Path) -> None:
     digest = ChunkStore(tmp_path).put_bytes(b"x" * 5000)
     assert ChunkStore(tmp_path).ensure_verified(digest)
