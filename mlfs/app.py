@@ -64,6 +64,7 @@ def mount_artifact(
         allow_other=opts.allow_other,
         max_threads=opts.max_threads,
         read_ahead_max=opts.read_ahead_max,
+        buffers=opts.buffers,
         wait_prefetch=opts.wait_prefetch,
     )
     if foreground:

@@ -93,7 +93,8 @@ class OpenFile:
     def _schedule_read_ahead(self, position: int) -> None:
         chunk = self.reader.chunk_size
         first = position // chunk + 1
-        last = min(len(self.entry.chunks), first + min(self.window, self.settings.max))
+        window = min(self.window, self.settings.max, self.reader.window_cap)
+        last = min(len(self.entry.chunks), first + window)
         begin = max(first, self._ahead_until)
         for index in range(begin, last):
             self.reader.fetch_in_background(self.entry, index)
@@ -123,6 +124,17 @@ class ArtifactReader:
         self.nursery = nursery
         self.read_ahead = read_ahead or ReadAheadSettings()
         self.listeners: list[ReadListener] = []
+        fetcher.attach(nursery)
+        # Read-ahead never outruns what can hold it: half the store budget (so fetching
+        # ahead cannot evict what it just fetched, at the smallest --cache-size too) and
+        # the verified buffers (so chunks fetched ahead are still in memory when read).
+        cap = max(1, fetcher.buffer_count - 2)
+        if store.budget is not None:
+            cap = min(cap, max(1, store.budget // self.chunk_size // 2))
+        self.window_cap = cap
+        # Store reads run in worker threads (never on the event loop), apart from the
+        # download threads so a cached read never queues behind a fetch.
+        self._store_reads = trio.CapacityLimiter(4)
 
     def open(self, entry: FileEntry, settings: ReadAheadSettings | None = None) -> OpenFile:
         base = settings or self.read_ahead
@@ -148,16 +160,20 @@ class ArtifactReader:
         return data
 
     async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int) -> bytes:
-        digest = await self.fetcher.ensure(entry, index)
-        try:
-            # A page-cache-hot pread of at most a few MiB is faster inline than the
-            # round trip to a worker thread.
-            return self.store.pread(digest, offset, size)
-        except ChunkIntegrityError:
-            # Evicted (by this or another process) between fetch and read: fetch again.
-            self.fetcher.forget(digest)
+        for attempt in (1, 2, 3):
             digest = await self.fetcher.ensure(entry, index)
-            return self.store.pread(digest, offset, size)
+            data = self.fetcher.read_verified(digest, offset, size)
+            if data is not None:
+                return data
+            try:
+                return await trio.to_thread.run_sync(self.store.pread, digest, offset, size,
+                                                     limiter=self._store_reads)
+            except ChunkIntegrityError:
+                # Evicted (by this or another process) between fetch and read: fetch again.
+                if attempt == 3:
+                    raise
+                self.fetcher.forget(digest)
+        raise AssertionError("unreachable")
 
     def fetch_in_background(self, entry: FileEntry, index: int) -> None:
         digest = entry.chunks[index]
