@@ -21,9 +21,9 @@ import logging
 import mmap
 import os
 import random
-from collections import OrderedDict
 import urllib.error
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -583,10 +583,8 @@ class ChunkStore:
         return d
 
     def _link_pin(self, src: Path, digest: str) -> None:
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(src, self._pin_dir() / digest)
-        except FileExistsError:
-            pass
 
     def _pin_present(self, digest: str) -> None:
         # Under a shared lock, so an evictor (which locks exclusively, then checks the
