@@ -208,6 +208,19 @@ class ChunkFetcher:
             await self._store(buf)
         return digest
 
+    async def read_direct(self, entry: FileEntry, index: int, offset: int, size: int) -> bytes:
+        """Download a chunk into a pooled buffer and answer from it, whatever the store does.
+
+        For a reader whose chunk was evicted again each time it was fetched (a store far
+        smaller than its readers' working set): bounded memory, always verified bytes.
+        """
+        buf = await self._take_buffer()
+        try:
+            await self._download(entry, index, buf)
+            return bytes(buf.view[offset:min(offset + size, buf.size)])
+        finally:
+            self._give_back(buf)
+
     async def _store(self, buf: _Buffer) -> None:
         try:
             stored = await trio.to_thread.run_sync(

@@ -122,7 +122,7 @@ class ChunkStore:
         self._direct = True
         self.authoritative = (self.root / AUTHORITATIVE_MARKER).exists()
         self._owns_data = False  # set by mark_authoritative: this process is the data's owner
-        self._owner = f"{os.getpid()}-{_start_time(os.getpid())}"
+        self._owner_name: str | None = None  # pins/ directory of this process (see _owner)
         self._clean_stale_temps()
         self._clean_dead_pins()
         with self._exclusive():
@@ -142,7 +142,7 @@ class ChunkStore:
             "gateway pins (pins/authoritative/) are never evicted.\n")
         self.authoritative = True
         self._owns_data = True
-        self._owner = _AUTHORITATIVE_PINS
+        self._owner_name = _AUTHORITATIVE_PINS
 
     # ------------------------------------------------------------------ paths
     def path(self, digest: str) -> Path:
@@ -576,6 +576,15 @@ class ChunkStore:
         return total
 
     # ---- pins
+    @property
+    def _owner(self) -> str:
+        # Named when first needed, not at construction: a mount opens its store before
+        # it daemonises, and the pins must belong to the process that stays.
+        if self._owner_name is None or (self._owner_name != _AUTHORITATIVE_PINS
+                                        and not self._owner_name.startswith(f"{os.getpid()}-")):
+            self._owner_name = f"{os.getpid()}-{_start_time(os.getpid())}"
+        return self._owner_name
+
     def _pin_dir(self, create: bool = True) -> Path:
         d = self.pins_dir / self._owner
         if create:
