@@ -59,6 +59,14 @@ class OpenFile:
         self._behind = 0  # chunks below this index were dropped behind
 
     async def read(self, offset: int, size: int) -> bytes:
+        return bytes(await self.read_for_reply(offset, size))
+
+    async def read_for_reply(self, offset: int, size: int) -> bytes | memoryview:
+        """Like `read`, but may return a view of a verified buffer (no copy).
+
+        The view is valid until the caller next yields to trio: for a FUSE reply,
+        which pyfuse3 sends before it runs anything else.
+        """
         # The kernel sends several reads of one file at once; the pattern is judged and
         # read-ahead started when a read arrives, not when it completes.
         self._observe(offset, size)
@@ -66,7 +74,7 @@ class OpenFile:
             self._schedule_read_ahead(offset + size)
             if self.settings.drop_behind:
                 self._drop_behind(offset)
-        data = await self.reader.read_range(self.entry, offset, size, self)
+        data = await self.reader.read_range(self.entry, offset, size, self, view=True)
         self.bytes_read += len(data)
         return data
 
@@ -140,7 +148,13 @@ class ArtifactReader:
         base = settings or self.read_ahead
         return OpenFile(self, entry, ReadAheadSettings(base.start, base.max, base.drop_behind))
 
-    async def read_range(self, entry: FileEntry, offset: int, size: int, handle: OpenFile | None = None) -> bytes:
+    async def read_range(self, entry: FileEntry, offset: int, size: int, handle: OpenFile | None = None,
+                         view: bool = False) -> bytes:
+        """Verified bytes of `entry` in [offset, offset + size).
+
+        With `view`, a single-chunk read may come back as a memoryview of a verified
+        buffer, valid until the caller next yields to trio (see `OpenFile.read_for_reply`).
+        """
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
@@ -153,16 +167,17 @@ class ArtifactReader:
         for i in range(first, last + 1):
             lo = max(offset, i * cs) - i * cs
             hi = min(end, (i + 1) * cs) - i * cs
-            parts.append(await self._read_chunk(entry, i, lo, hi - lo))
+            parts.append(await self._read_chunk(entry, i, lo, hi - lo, view and first == last))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         for listener in self.listeners:
             listener(entry, offset, len(data), handle)
         return data
 
-    async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int) -> bytes:
+    async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int,
+                          view: bool = False) -> bytes:
         for _attempt in (1, 2):
             digest = await self.fetcher.ensure(entry, index)
-            data = self.fetcher.read_verified(digest, offset, size)
+            data = self.fetcher.read_verified(digest, offset, size, view)
             if data is not None:
                 return data
             try:

@@ -17,6 +17,7 @@ with the number of readers.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import mmap
 import os
@@ -96,7 +97,8 @@ class _Buffer:
     __slots__ = ("mem", "view", "digest", "size", "writing", "stored", "reads")
 
     def __init__(self, size: int) -> None:
-        self.mem = mmap.mmap(-1, size + _SLACK)
+        # Private anonymous memory: cheaper to fault in than the shared (shmem) default.
+        self.mem = mmap.mmap(-1, size + _SLACK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.view = memoryview(self.mem)
         self.digest = ""
         self.size = 0
@@ -159,15 +161,20 @@ class ChunkFetcher:
         return FetchStatistics(s.requests, s.bytes, s.retries, s.failures, s.shared_waits, len(self._flights),
                                s.memory_reads, self._allocated, s.buffer_waits, s.unstored)
 
-    def read_verified(self, digest: str, offset: int, size: int) -> bytes | None:
-        """Bytes of a chunk held in a verified buffer, or None if it is not in memory."""
+    def read_verified(self, digest: str, offset: int, size: int, view: bool = False) -> bytes | memoryview | None:
+        """Bytes of a chunk held in a verified buffer, or None if it is not in memory.
+
+        With `view`, a memoryview of the buffer itself (no copy): valid only until the
+        caller next yields to trio, after which the buffer may be recycled.
+        """
         buf = self._memory.get(digest)
         if buf is None:
             return None
         self._memory.move_to_end(digest)
         self._stats.memory_reads += 1
         buf.reads += 1
-        return bytes(buf.view[offset:min(offset + size, buf.size)])
+        piece = buf.view[offset:min(offset + size, buf.size)]
+        return piece if view else bytes(piece)
 
     async def ensure(self, entry: FileEntry, index: int) -> str:
         digest = entry.chunks[index]
@@ -368,6 +375,12 @@ def _readinto_of(body: Any) -> Any:
     """`readinto` of a response body that fills the whole buffer unless at EOF."""
     raw = getattr(body, "_raw_stream", body)  # botocore StreamingBody wraps urllib3's response
     inner = getattr(raw, "readinto", None)
+    fp = getattr(raw, "_fp", None)
+    if (isinstance(fp, http.client.HTTPResponse) and not getattr(raw, "decode_content", True)
+            and not raw.headers.get("content-encoding")):
+        # urllib3's readinto reads into a new bytes object and copies it into ours (and
+        # http.client's read copies once more): receive straight into the buffer instead.
+        inner = fp.readinto
     if inner is None:
         def fallback(buf: memoryview) -> int:
             data = body.read(len(buf))
