@@ -173,7 +173,9 @@ def mount_weed(d: Data, name: str) -> Iterator[tuple[Path, int]]:
     cache = Path(tempfile.mkdtemp(prefix="weedcache-", dir=d.work))
     prefix = {"big": "big/v1", "halves": "halves/v1", "model": "model/v1"}[name]
     proc = subprocess.Popen(
-        [shutil.which("weed") or "weed", "mount", f"-filer=127.0.0.1:{d.port('-filer.port')}",
+        # host:port.grpcPort: weed otherwise assumes the gRPC port is port + 10000.
+        [shutil.which("weed") or "weed", "mount",
+         f"-filer=127.0.0.1:{d.port('-filer.port')}.{d.port('-filer.port.grpc')}",
          f"-filer.path=/buckets/{BUCKET}/{prefix}", f"-dir={mp}", f"-cacheDir={cache}", "-readOnly"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

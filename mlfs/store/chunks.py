@@ -592,8 +592,15 @@ class ChunkStore:
         return d
 
     def _link_pin(self, src: Path, digest: str) -> None:
-        with contextlib.suppress(FileExistsError):
-            os.link(src, self._pin_dir() / digest)
+        pin = self._pin_dir() / digest
+        try:
+            os.link(src, pin)
+        except FileExistsError:
+            # A link to an older copy (quarantined, or evicted after a crash): re-point it.
+            if os.stat(pin).st_ino != os.stat(src).st_ino:
+                spare = pin.with_name(f"{digest}.{os.getpid()}.{threading.get_ident()}")
+                os.link(src, spare)
+                os.replace(spare, pin)
 
     def _pin_present(self, digest: str) -> None:
         # Under a shared lock, so an evictor (which locks exclusively, then checks the
