@@ -25,7 +25,7 @@ def s3_settings(opts: MountOptions) -> S3Settings:
         endpoint_url=opts.endpoint_url,
         region=opts.region,
         profile=opts.profile,
-        max_pool=opts.max_threads + 4,
+        max_pool=opts.max_threads + 6,  # + the fetcher's urgent threads, + spare
         own_retries=True,
     )
 

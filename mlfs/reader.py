@@ -176,7 +176,7 @@ class ArtifactReader:
     async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int,
                           view: bool = False) -> bytes:
         for _attempt in (1, 2):
-            digest = await self.fetcher.ensure(entry, index)
+            digest = await self.fetcher.ensure(entry, index, urgent=True)
             data = self.fetcher.read_verified(digest, offset, size, view)
             if data is not None:
                 return data

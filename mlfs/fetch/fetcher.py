@@ -116,6 +116,7 @@ class _Flight:
 
 
 DEFAULT_BUFFERS = 12
+URGENT_THREADS = 2  # fetches for readers waiting now, beside max_threads for the rest
 
 
 class ChunkFetcher:
@@ -143,6 +144,7 @@ class ChunkFetcher:
         self._buffer_freed = trio.Event()
         self._writes: trio.Nursery | None = None
         self._write_limiter = trio.CapacityLimiter(2)
+        self._urgent = trio.CapacityLimiter(URGENT_THREADS)
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Run store writes in `nursery`, behind the readers (without one they run inline)."""
@@ -176,8 +178,14 @@ class ChunkFetcher:
         piece = buf.view[offset:min(offset + size, buf.size)]
         return piece if view else bytes(piece)
 
-    async def ensure(self, entry: FileEntry, index: int) -> str:
+    async def ensure(self, entry: FileEntry, index: int, urgent: bool = False) -> str:
+        """Make chunk `index` of `entry` readable; `urgent` for a reader waiting on it now.
+
+        Urgent fetches have threads of their own, so a read never queues behind
+        read-ahead and prefetching (a mount's first small file, a random read).
+        """
         digest = entry.chunks[index]
+        limiter = self._urgent if urgent else self.limiter
         if digest in self._ready or digest in self._memory:
             return digest
         flight = self._flights.get(digest)
@@ -190,13 +198,13 @@ class ChunkFetcher:
         flight = self._flights[digest] = _Flight()
         try:
             # First use in this process: check the cached copy (cheap xxh3) or download.
-            present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=self.limiter)
+            present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=limiter)
             if present:
                 self._ready.add(digest)
                 return digest
             buf = await self._take_buffer()
             try:
-                await self._download(entry, index, buf)
+                await self._download(entry, index, buf, limiter)
             except BaseException:
                 self._give_back(buf)
                 raise
@@ -223,7 +231,7 @@ class ChunkFetcher:
         """
         buf = await self._take_buffer()
         try:
-            await self._download(entry, index, buf)
+            await self._download(entry, index, buf, self._urgent)
             return bytes(buf.view[offset:min(offset + size, buf.size)])
         finally:
             self._give_back(buf)
@@ -274,13 +282,13 @@ class ChunkFetcher:
         """The chunk left the store (eviction); the next use must fetch it again."""
         self._ready.discard(digest)
 
-    async def _download(self, entry: FileEntry, index: int, buf: _Buffer) -> None:
+    async def _download(self, entry: FileEntry, index: int, buf: _Buffer, limiter: trio.CapacityLimiter) -> None:
         attempt = 0
         integrity_failures = 0
         while True:
             attempt += 1
             try:
-                await trio.to_thread.run_sync(self._get_into_buffer, entry, index, buf, limiter=self.limiter)
+                await trio.to_thread.run_sync(self._get_into_buffer, entry, index, buf, limiter=limiter)
                 return
             except _Retryable as exc:
                 if attempt >= self.retry.max_attempts:
