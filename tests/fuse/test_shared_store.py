@@ -6,7 +6,6 @@ on disk, where every process sharing the store sees them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -29,14 +28,15 @@ IN_USE_SLACK = 24 * MIB
 
 
 def make_object(artifact: Artifact, tmp: Path, name: str, size: int, chunk: str = "1M") -> tuple[Path, bytes]:
-    """Upload `size` random bytes as `s3://scratch/NAME/v1/NAME.bin`; returns its manifest and bytes."""
+    """Upload `size` random bytes as `scratch/NAME/v1/NAME.bin` in the artifact's bucket.
+
+    No bucket of its own: each bucket takes volumes of the suite's shared SeaweedFS.
+    """
     data = os.urandom(size)
     client = artifact.server.client()
-    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
-        client.create_bucket(Bucket="scratch")
-    client.put_object(Bucket="scratch", Key=f"{name}/v1/{name}.bin", Body=data)
+    client.put_object(Bucket=artifact.bucket, Key=f"scratch/{name}/v1/{name}.bin", Body=data)
     manifest = tmp / f"{name}.json"
-    mlfs("generate", f"s3://scratch/{name}/v1/", "-o", manifest, "--chunk-size", chunk, "-q",
+    mlfs("generate", f"s3://{artifact.bucket}/scratch/{name}/v1/", "-o", manifest, "--chunk-size", chunk, "-q",
          env=artifact.env)
     return manifest, data
 
