@@ -36,6 +36,9 @@ test-long: venv
 	HYPOTHESIS_PROFILE=long PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q tests/fuzz
 
 bench: venv
+	@# Peers of the peer benchmark: s3fs from Debian, the Run:ai streamer and a CPU-only torch.
+	@dpkg -s s3fs >/dev/null 2>&1 || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q s3fs; }
+	$(PY) -m pip install -q -e '.[bench]' || echo "bench extra did not install: the Run:ai row is skipped"
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/run_all.py
 
 lint: venv

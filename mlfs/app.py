@@ -25,7 +25,7 @@ def s3_settings(opts: MountOptions) -> S3Settings:
         endpoint_url=opts.endpoint_url,
         region=opts.region,
         profile=opts.profile,
-        max_pool=opts.max_threads + 4,
+        max_pool=opts.max_threads + 6,  # + the fetcher's urgent threads, + spare
         own_retries=True,
     )
 
@@ -64,6 +64,7 @@ def mount_artifact(
         allow_other=opts.allow_other,
         max_threads=opts.max_threads,
         read_ahead_max=opts.read_ahead_max,
+        buffers=opts.buffers,
         wait_prefetch=opts.wait_prefetch,
         kernel_flags=tuple(opts.kernel_flags),
     )

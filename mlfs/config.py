@@ -45,8 +45,10 @@ class MountOptions:
     endpoint_url: str | None = None
     region: str | None = None
     profile: str | None = None
-    max_threads: int = 16
+    # 8 concurrent range GETs measured faster than 16 on 2 cores (less contention, same bandwidth).
+    max_threads: int = 8
     read_ahead_max: int = 16  # chunks fetched ahead of a sequential reader (a cap for rules too)
+    buffers: int = 12  # verified chunk buffers: the fetcher's memory is buffers × chunk size
     wait_prefetch: bool = False
     log_file: Path | None = None
     # policy engine
@@ -78,6 +80,8 @@ class MountOptions:
             raise ConfigError("max-threads must be between 1 and 256")
         if not 0 <= self.read_ahead_max <= 64:
             raise ConfigError("read-ahead-max must be between 0 and 64 chunks")
+        if not 2 <= self.buffers <= 1024:
+            raise ConfigError("buffers must be between 2 and 1024")
         if self.cache_size is not None and self.cache_size < 64 * 1024 * 1024:
             raise ConfigError("cache-size must be at least 64M")
 
@@ -95,7 +99,7 @@ def _coerce(name: str, value: str | None, current: Any) -> Any:
         return parse_size(value, "cache-size")
     if name in ("cache", "log_file"):
         return Path(value)
-    if name in ("uid", "gid", "max_threads", "read_ahead_max"):
+    if name in ("uid", "gid", "max_threads", "read_ahead_max", "buffers"):
         try:
             return int(value)
         except ValueError:

@@ -22,7 +22,7 @@ from mlfs.config import MountOptions, parse_o_options, parse_size
 @click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
 @click.option("--region", help="S3 region [$AWS_REGION].")
 @click.option("--profile", help="AWS profile [$AWS_PROFILE].")
-@click.option("--max-threads", type=int, help="Concurrent S3 range GETs [16].")
+@click.option("--max-threads", type=int, help="Concurrent S3 range GETs [8].")
 @click.option("--read-ahead-max", type=int, help="Chunks fetched ahead of a sequential reader, also the cap for policy windows [16].")
 @click.option("--wait-prefetch", is_flag=True, default=None, help="Return only after prefetched files are local.")
 @click.option("--rules", "rules_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -40,8 +40,9 @@ class SessionSettings:
     uid: int
     gid: int
     allow_other: bool = False
-    max_threads: int = 16
+    max_threads: int = 8
     read_ahead_max: int = 16
+    buffers: int = 12
     kernel_read_ahead_kib: int = 8192
     wait_prefetch: bool = False
     learn_seconds: float = 30.0
@@ -94,7 +95,8 @@ class MountSession:
     async def _main(self, report_ready: Callable[[str | None], None]) -> None:
         s = self.settings
         limiter = trio.CapacityLimiter(s.max_threads)
-        self.fetcher = ChunkFetcher(self.client, self.store, self.manifest.chunk_size, limiter)
+        self.fetcher = ChunkFetcher(self.client, self.store, self.manifest.chunk_size, limiter,
+                                    buffers=s.buffers)
         async with trio.open_nursery() as nursery:
             self.reader = ArtifactReader(
                 self.manifest, self.store, self.fetcher, nursery,
@@ -152,7 +154,7 @@ class MountSession:
             "manifest": {"name": self.manifest.name, "version": self.manifest.version},
             "cache": str(self.store.root),
             "fetch": dataclasses.asdict(fetch) if fetch else {},
-            "store": {"bytes": self.store.usage, "budget": self.store.budget},
+            "store": dataclasses.asdict(self.store.statistics()),
             "open_files": self.ops.statistics()["open_files"] if self.ops else 0,
         }
         if self.policy is not None:

@@ -256,3 +256,28 @@ def test_concurrent_kernel_style_reads_keep_the_window_open(tmp_path: Path) -> N
     got, windows = trio.run(main)
     assert b"".join(got[o] for o in sorted(got)) == data[: 20 * CHUNK]
     assert min(windows[8:]) > 0 and max(windows) == 8
+
+
+def test_memory_stays_within_the_buffer_pool_whatever_the_readers(tmp_path: Path) -> None:
+    rig = ReaderRig(tmp_path)
+    data = rig.data
+
+    async def main():
+        fetcher = ChunkFetcher(rig.fake, rig.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1), buffers=3)
+        got: dict[int, bytes] = {}
+        async with trio.open_nursery() as n:
+            reader = ArtifactReader(rig.manifest, rig.store, fetcher, n, ReadAheadSettings(start=1, max=8))
+
+            async def one(i: int) -> None:
+                handle = reader.open(rig.entry)
+                got[i] = await handle.read(i * CHUNK + 7, CHUNK)
+
+            async with trio.open_nursery() as readers:
+                for i in range(24):
+                    readers.start_soon(one, i)
+            n.cancel_scope.cancel()
+        return got, fetcher.statistics()
+
+    got, stats = trio.run(main)
+    assert all(got[i] == data[i * CHUNK + 7:(i + 1) * CHUNK + 7] for i in range(24))
+    assert stats.buffers == 3, "more chunk buffers than the pool holds"

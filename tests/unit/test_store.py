@@ -130,3 +130,33 @@ def test_discard_updates_accounting(tmp_path: Path) -> None:
     store.discard(digest)
     assert not store.contains(digest) and store.usage == 0 and not store.is_pinned(digest)
     store.discard(digest)  # already gone: nothing to do
+
+
+def test_a_chunk_being_read_is_not_evicted_and_its_descriptor_outlives_eviction(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, budget=64 * MIB)
+    first = bytes([1]) * (16 * MIB)
+    held = store.put_bytes(first)
+    os.utime(store.path(held), (1000, 1000))  # the oldest: first in line for eviction
+    with store.reading(held) as fd:
+        for i in range(2, 7):
+            store.put_bytes(bytes([i]) * (16 * MIB))
+        assert store.contains(held), "a chunk being read was evicted"
+        assert os.pread(fd, 16, 5) == first[5:21]
+    assert store.statistics().skipped_in_use > 0
+    store.put_bytes(b"\x09" * (16 * MIB))
+    assert not store.contains(held), "once no read holds it, the oldest chunk goes first"
+
+
+def test_usage_and_pins_are_shared_by_every_store_on_the_directory(tmp_path: Path) -> None:
+    mount_a = ChunkStore(tmp_path, budget=64 * MIB)
+    mount_b = ChunkStore(tmp_path, budget=64 * MIB)
+    pinned = mount_a.put_bytes(b"\x01" * (16 * MIB))
+    mount_a.pin([pinned])
+    os.utime(mount_a.path(pinned), (1000, 1000))
+    for i in range(2, 8):
+        mount_b.put_bytes(bytes([i]) * (16 * MIB))
+    assert mount_b.contains(pinned), "another store's pin was not honoured"
+    assert mount_a.usage == mount_b.usage <= 64 * MIB
+    mount_a.unpin([pinned])
+    mount_b.put_bytes(b"\x09" * (16 * MIB))
+    assert not mount_b.contains(pinned), "an unpinned old chunk is evicted"
