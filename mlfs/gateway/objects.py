@@ -201,8 +201,6 @@ class ObjectStore:
         # Uploads cut short by a crash left "pending" references: free those chunks.
         for owner in self.catalog.pending_owners():
             self.free(self.catalog.drop_owner(owner))
-        # Temp files of writers that died; live processes sharing the store keep theirs.
-        self.store.clean_dead_writers()
         self._collect_orphans()
 
     def _collect_orphans(self) -> None:

@@ -125,6 +125,7 @@ class ChunkStore:
         self._owns_data = False  # set by mark_authoritative: this process is the data's owner
         self._owner_name: str | None = None  # pins/ directory of this process (see _owner)
         self._clean_stale_temps()
+        self.clean_dead_writers()
         self._clean_dead_pins()
         with self._exclusive():
             self._write_usage(self._scan_usage())
@@ -235,7 +236,7 @@ class ChunkStore:
         return False
 
     def _write_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int) -> None:
-        tmp = self.tmp_dir / f"{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
+        tmp = self.tmp_dir / _temp_name()
         view = memoryview(data)[:size]
         try:
             # O_DIRECT needs a page-aligned buffer: the fetcher's pooled buffers are mmaps.
@@ -645,13 +646,16 @@ class ChunkStore:
     def clean_dead_writers(self) -> None:
         """Remove temp files whose writing process has died, whatever their age.
 
-        For a store's owner at start-up (the gateway): only this module knows that temp
-        names begin with the writer's PID. Processes in another PID namespace look dead
-        from here, so callers must own the store.
+        Runs when a store is opened: a mount or gateway killed mid-write leaves its temp
+        file behind. Temp names carry the writer's PID and PID namespace; a file from
+        another namespace (a container sharing the store) is left to the age-based sweep,
+        because its PID means nothing here.
         """
         for f in self.tmp_dir.iterdir():
-            pid = f.name.split(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            pid, _, rest = f.name.partition("@")
+            namespace = rest.split(".", 1)[0]
+            if (pid.isdigit() and namespace == _PID_NAMESPACE and int(pid) != os.getpid()
+                    and not _process_alive(int(pid))):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
 
@@ -679,8 +683,7 @@ class ChunkWriter:
         self._sha = hashlib.sha256()
         self._xxh = xxhash.xxh3_128()
         self.size = 0
-        fd_name = f"{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
-        self._tmp = store.tmp_dir / fd_name
+        self._tmp = store.tmp_dir / _temp_name()
         self._fh = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit()/abort()
         self._done = False
 
@@ -755,6 +758,21 @@ def _start_time(pid: int) -> str:
     except OSError:
         return ""
     return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+_PID_NAMESPACE = _pid_namespace()
+
+
+def _temp_name() -> str:
+    # "PID@PIDNS.THREAD.NS": clean_dead_writers reads the writer back from the name.
+    return f"{os.getpid()}@{_PID_NAMESPACE}.{threading.get_ident()}.{time.monotonic_ns()}"
 
 
 def _process_alive(pid: int) -> bool:
