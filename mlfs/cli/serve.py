@@ -41,8 +41,9 @@ def serve(data_dir: Path, listen: str, credentials: Path | None, anonymous_read:
             raise ConfigError(f"--upstream {upstream!r}: expected s3://BUCKET[/PREFIX]")
         policy = load_access_policy(credentials, anonymous_read=anonymous_read)
         from mlfs.preprocess.service import extend as preprocessing
+        from mlfs.registry.service import extend as registry
 
         serve_forever(GatewayConfig(data_dir=data_dir, host=host.strip("[]"), port=int(port), policy=policy,
-                                    upstream=upstream, threads=threads, extensions=[preprocessing]))
+                                    upstream=upstream, threads=threads, extensions=[preprocessing, registry]))
 
     run_command(body)
