@@ -221,8 +221,10 @@ def read_onnx(src: ByteSource) -> FormatInfo:
         return FormatInfo("onnx", {"bytes": src.size},
                           reason=f"graph not inspected: larger than {MAX_ONNX_BYTES} bytes")
     data = _read_exact(src, 0, src.size, "onnx model")
+    model = onnx.ModelProto()
     try:
-        model = onnx.load_model_from_string(data, load_external_data=False)
+        # Parsing the protobuf only: external data is never opened, nothing is executed.
+        model.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise Malformed(f"onnx: not a valid model protobuf ({type(exc).__name__})") from None
     graph = model.graph
