@@ -1,0 +1,89 @@
+"""Pushing v2 with one changed shard sends only that shard; mounting v2 after v1 fetches
+only that shard's chunks. Counted by the servers themselves: SeaweedFS's received-bytes
+and GET counters, the gateway's chunk store."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.server import GatewayServer
+from tests.mlfs_cli import mlfs, mounted
+from tests.registry.conftest import env_for, make_model_dir
+from tests.servers import S3Server
+
+pytestmark = [pytest.mark.s3, pytest.mark.fuse]
+CHUNK = 16 << 20
+CHANGED = "model-00002-of-00002.safetensors"
+
+
+def received_bytes(server: S3Server, bucket: str) -> int:
+    assert server.metrics_url
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    m = re.search(r'SeaweedFS_s3_bucket_traffic_received_bytes_total\{bucket="%s"\} (\S+)' % re.escape(bucket), text)
+    return int(float(m.group(1))) if m else 0
+
+
+def _push(directory: Path, name: str, label: str, bucket: str, env: dict[str, str]) -> str:
+    return mlfs("push", directory, "--name", name, "--version", label, "--bucket", bucket, env=env).stderr
+
+
+def test_v2_push_sends_only_the_changed_shard_to_seaweedfs(seaweedfs: S3Server, registry_gateway: GatewayServer,
+                                                          tmp_path: Path) -> None:
+    bucket = "registry-delta"
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    env = env_for(seaweedfs, registry_gateway)
+    v1 = make_model_dir(tmp_path / "v1", seed=3, shard_mib=20)
+    v2 = make_model_dir(tmp_path / "v2", seed=3, shard_mib=20, changed_shard=1)
+    _push(v1, "delta", "v1", bucket, env)
+
+    before = received_bytes(seaweedfs, bucket)
+    out = _push(v2, "delta", "v2", bucket, env)
+    manifest = seaweedfs.client().get_object(Bucket=bucket, Key="model-data/delta/v2/.mlfs/manifest.json")
+    sent = received_bytes(seaweedfs, bucket) - before
+    assert sent == (v2 / CHANGED).stat().st_size + manifest["ContentLength"], out
+    assert "pushed 1 files" in out and "copied 4 server-side" in out
+
+    # A second run (as after a killed push) finds everything in place and sends nothing.
+    before = received_bytes(seaweedfs, bucket)
+    out = _push(v2, "delta", "v2", bucket, env)
+    assert received_bytes(seaweedfs, bucket) == before
+    assert "5 already there" in out
+
+    # Mount v1 and read it all, then v2 on the same store: only the changed shard's chunks are fetched.
+    cache = tmp_path / "cache"
+    with mounted("models:/delta/v1", tmp_path / "mnt1", env, "--cache", cache) as mp:
+        for f in sorted(v1.iterdir()):
+            assert (mp / f.name).read_bytes() == f.read_bytes()
+    gets_before = seaweedfs.get_count(bucket)
+    with mounted("models:/delta/v2", tmp_path / "mnt2", env, "--cache", cache, "--no-policy") as mp:
+        for f in sorted(v2.iterdir()):
+            assert (mp / f.name).read_bytes() == f.read_bytes()
+        changed_chunks = -(-(v2 / CHANGED).stat().st_size // CHUNK)
+        assert seaweedfs.get_count(bucket) - gets_before == changed_chunks
+        status = json.loads(mlfs("status", mp, env=env).stdout)
+        assert status["manifest"]["version"] == "v2"
+
+
+def test_v2_push_to_the_gateway_stores_only_the_changed_shard(registry_gateway: GatewayServer,
+                                                              tmp_path: Path) -> None:
+    env = env_for(registry_gateway)
+    v1 = make_model_dir(tmp_path / "v1", seed=4, shard_mib=20)
+    v2 = make_model_dir(tmp_path / "v2", seed=4, shard_mib=20, changed_shard=1)
+    _push(v1, "delta-gw", "v1", "models", env)
+    assert registry_gateway.data_dir is not None
+    chunks = registry_gateway.data_dir / "store" / "chunks"
+
+    def stored() -> set[str]:
+        return {p.name for p in chunks.rglob("*") if p.is_file()}
+
+    before = stored()
+    out = _push(v2, "delta-gw", "v2", "models", env)
+    new = stored() - before
+    # The changed shard's chunks, and the chunk of the new manifest: nothing else arrived.
+    assert len(new) == -(-(v2 / CHANGED).stat().st_size // CHUNK) + 1, out
+    assert "pushed 1 files" in out
