@@ -166,7 +166,7 @@ def read_safetensors(src: ByteSource) -> FormatInfo:
         raise Malformed(f"safetensors: header length {length} runs past the end of the file")
     try:
         header = json.loads(_read_exact(src, 8, length, "safetensors header"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Malformed("safetensors: header is not JSON") from None
     if not isinstance(header, dict):
         raise Malformed("safetensors: header is not a JSON object")
@@ -257,7 +257,7 @@ def read_hf_config(src: ByteSource) -> FormatInfo:
         raise Malformed(f"config.json: larger than {MAX_CONFIG_BYTES} bytes")
     try:
         doc = json.loads(_read_exact(src, 0, src.size, "config.json"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Malformed("config.json: not JSON") from None
     if not isinstance(doc, dict):
         raise Malformed("config.json: not a JSON object")
