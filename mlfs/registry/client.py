@@ -22,7 +22,7 @@ from typing import Any
 from mlfs.errors import ConfigError, ManifestError, MlfsError
 from mlfs.manifest.model import Manifest
 from mlfs.manifest.validate import load_manifest, parse_manifest
-from mlfs.registry.layout import is_reference
+from mlfs.registry.layout import is_reference, parse_reference
 
 MAX_RESPONSE = 300 << 20
 
@@ -60,7 +60,9 @@ class RegistryClient:
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
 
-        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+        # %20, never "+": the signature covers the query exactly as the server decodes it.
+        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None},
+                                       quote_via=urllib.parse.quote)
         url = f"{self.url}/api/registry/{path}" + (f"?{query}" if query else "")
         data = json.dumps(body).encode() if body is not None else b""
         request = AWSRequest(method=method, url=url, data=data,
@@ -112,6 +114,7 @@ def load_mount_manifest(spec: str | Path, registry: str | None = None, endpoint_
     """
     if not is_reference(str(spec)):
         return load_manifest(spec)
+    parse_reference(str(spec))  # a malformed reference is the user's error, before any request
     client = RegistryClient(registry, endpoint_url, profile, region)
     doc = client.get("manifest", ref=str(spec))
     text = doc.get("manifest")

@@ -210,6 +210,7 @@ class Registry:
 
     # --------------------------------------------------------------- resolving
     def find(self, ref: Reference) -> Version:
+        self.db.artifact(ref.kind, ref.name)  # "registered model 'x' does not exist" comes first
         if ref.alias is not None:
             try:
                 return self.db.version_by_alias(ref.kind, ref.name, ref.alias)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.gateway.server import GatewayServer, start_gateway
-from tests.mlfs_cli import mlfs
+from tests.mlfs_cli import mlfs, require_fuse
 from tests.servers import ACCESS_KEY, SECRET_KEY, S3Server
 
 MIB = 1 << 20
@@ -57,6 +57,11 @@ def make_model_dir(root: Path, seed: int = 0, shard_mib: int = 20, shards: int =
         save_file(tensors, str(root / f"model-{shard + 1:05d}-of-{shards:05d}.safetensors"))
     make_onnx(root / "model.onnx")
     return root
+
+
+@pytest.fixture(scope="session")
+def fuse_ready() -> None:
+    require_fuse()
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,6 @@ def backend(request: pytest.FixtureRequest, registry_gateway: GatewayServer, fus
     return bucket, server
 
 
-@pytest.fixture(scope="session")
-def fuse_ready() -> None:
-    from tests.mlfs_cli import require_fuse
-
-    require_fuse()
-
-
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
     with safe_open(str(path), "np") as f:
         return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
