@@ -263,6 +263,13 @@ class Registry:
         }
         if version.kind == "dataset":
             doc["splits"] = dataset_splits(version, files)
+        saved = [f["path"] for f in files if f["format"] == "savedmodel"]
+        if saved:
+            # A TensorFlow SavedModel is a layout: saved_model.pb beside variables/.
+            root = saved[0].rpartition("/")[0]
+            under = root + "/variables/" if root else "variables/"
+            doc["savedmodel"] = {"saved_model": saved[0],
+                                 "variables": sum(1 for f in files if f["path"].startswith(under))}
         if with_manifest:
             doc["manifest"] = version.manifest
         return doc
