@@ -240,16 +240,26 @@ class RegistryDB:
 
     # -------------------------------------------------------------- versions
     def upsert_version(self, kind: str, name: str, label: str, bucket: str, prefix: str,
-                       on_gateway: bool, run_id: str = "", description: str = "") -> Version:
-        """The version at (kind, name, label), created pending if new. Raises if it lives elsewhere."""
+                       on_gateway: bool, run_id: str = "", description: str = "", claim: bool = False) -> Version:
+        """The version at (kind, name, label), created pending if new.
+
+        Raises if it lives elsewhere, unless `claim` (a registration) and it is still pending.
+        """
         _check_name(name)
         now = time.time()
         with self.tx() as db:
             db.execute("INSERT OR IGNORE INTO artifacts (kind, name, created, updated) VALUES (?,?,?,?)",
                        (kind, name, now, now))
-            row = db.execute("SELECT bucket, prefix, on_gateway FROM versions WHERE kind=? AND name=? AND label=?",
-                             (kind, name, label)).fetchone()
-            if row is not None:
+            row = db.execute("SELECT bucket, prefix, on_gateway, status, id FROM versions "
+                             "WHERE kind=? AND name=? AND label=?", (kind, name, label)).fetchone()
+            if row is not None and (row[0], row[1], bool(row[2])) != (bucket, prefix, on_gateway) \
+                    and row[3] == PENDING and claim:
+                # Objects seen but never registered (say models/N/v1/ uploaded by hand) give
+                # way to a registration of the same name and version elsewhere.
+                db.execute("DELETE FROM files WHERE version_id=?", (row[4],))
+                db.execute("UPDATE versions SET bucket=?, prefix=?, on_gateway=?, updated=? WHERE id=?",
+                           (bucket, prefix, int(on_gateway), now, row[4]))
+            elif row is not None:
                 if (row[0], row[1], bool(row[2])) != (bucket, prefix, on_gateway):
                     where = "this gateway" if row[2] else "another S3"
                     raise AlreadyExists(f"{_what(kind)} {name} version {label} already lives at "

@@ -114,6 +114,9 @@ class Registry:
         except Exception as exc:  # the name is taken by a version elsewhere: not ours to index
             log.info("not indexing s3://%s/%s: %s", loc.bucket, rec.key, exc)
             return
+        self._index_as(version, loc, rec)
+
+    def _index_as(self, version: Version, loc: Location, rec: ObjectRecord) -> None:
         src = StoredObject(self.objects, rec)  # type: ignore[arg-type]
         try:
             found = detect(loc.path, src)
@@ -122,6 +125,19 @@ class Registry:
         if found.format in ("unknown", "unsafe"):
             log.info("indexed s3://%s/%s as %s: %s", loc.bucket, rec.key, found.format, found.reason)
         self.db.put_files(version.id, [{"path": loc.path, "size": rec.size, **found.to_json()}])
+
+    def _index_missing(self, version: Version, manifest: Manifest) -> None:
+        # Files written while the name was still held by a pending version elsewhere.
+        assert self.objects is not None
+        known = {f["path"] for f in self.db.files(version.id)}
+        for entry in manifest.files:
+            if entry.path in known:
+                continue
+            rec = self.objects.catalog.get_object(version.bucket, version.prefix + entry.path)
+            if rec is not None:
+                loc = locate(version.bucket, rec.key)
+                if loc is not None:
+                    self._index_as(version, loc, rec)
 
     def _forget(self, loc: Location) -> None:
         version = self.db.version_at(loc.bucket, loc.prefix, on_gateway=True)
@@ -158,9 +174,12 @@ class Registry:
                 raise InvalidValue(f"manifest file {entry.path!r} is not stored at s3://{bucket}/{prefix}{entry.path}")
         if on_gateway:
             self._check_against_catalog(bucket, prefix, manifest)
-        version = self.db.upsert_version(kind, name, label, bucket, prefix, on_gateway, description=description)
+        version = self.db.upsert_version(kind, name, label, bucket, prefix, on_gateway, description=description,
+                                         claim=True)
         if files is not None:
             self.db.put_files(version.id, files)
+        elif on_gateway:
+            self._index_missing(version, manifest)
         lineage, pipeline = lineage_links(manifest.metadata)
         metadata = {k: v for k, v in manifest.metadata.items() if k != "lineage"}
         metadata.update(extra_metadata or {})

@@ -24,7 +24,8 @@ CHANGED = "model-00002-of-00002.safetensors"
 def received_bytes(server: S3Server, bucket: str) -> int:
     assert server.metrics_url
     text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    m = re.search(r'SeaweedFS_s3_bucket_traffic_received_bytes_total\{bucket="%s"\} (\S+)' % re.escape(bucket), text)
+    pattern = r'SeaweedFS_s3_bucket_traffic_received_bytes_total\{bucket="' + re.escape(bucket) + r'"\} (\S+)'
+    m = re.search(pattern, text)
     return int(float(m.group(1))) if m else 0
 
 

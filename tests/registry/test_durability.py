@@ -108,7 +108,7 @@ def test_concurrent_promotions_leave_one_production_version(registry_gateway: Ga
     for _round in range(10):
         barrier = threading.Barrier(3, timeout=30)
 
-        def promote(client, version: str) -> None:
+        def promote(client, version: str, barrier: threading.Barrier = barrier) -> None:
             try:
                 barrier.wait()
                 client.transition_model_version_stage("race", version, "Production", archive_existing_versions=True)

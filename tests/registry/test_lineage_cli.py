@@ -130,3 +130,15 @@ def test_cli_errors_are_one_line(registry_gateway: GatewayServer, tmp_path: Path
     env_without = {k: v for k, v in env.items() if k not in ("AWS_ENDPOINT_URL", "MLFS_REGISTRY_URL")}
     result = mlfs("models", "ls", env=env_without, check=False)
     assert result.returncode == 1 and "no registry" in result.stderr
+
+
+def test_push_claims_a_version_seen_only_as_unregistered_objects(registry_gateway: GatewayServer,
+                                                                 tmp_path: Path) -> None:
+    env = env_for(registry_gateway)
+    local = make_model_dir(tmp_path / "m", shard_mib=1, shards=1)
+    registry_gateway.client().put_object(Bucket="models", Key="models/claimed/v1/config.json",
+                                         Body=(local / "config.json").read_bytes())
+    assert mlfs_json("models", "show", "models:/claimed/v1", env=env)["status"] == "PENDING_REGISTRATION"
+    doc = mlfs_json("push", local, "--name", "claimed", "--version", "v1", "-q", env=env)
+    assert (doc["status"], doc["uri"]) == ("READY", "s3://models/model-data/claimed/v1/")
+    assert doc["formats"] == ["hf-config", "json", "onnx", "safetensors"]
