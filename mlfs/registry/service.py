@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 MAX_BODY = 256 << 20  # a registration carries its manifest
 MAX_SMALL_BODY = 1 << 20
+BODY_SECONDS = 120
 
 
 def extend(gw: Gateway) -> None:
@@ -125,6 +126,17 @@ def _headers(scope: dict[str, Any]) -> dict[str, list[str]]:
 
 
 async def _read_body(receive: Any, limit: int) -> bytes:
+    import trio
+
+    # A client that stalls mid-body must not hold a worker forever.
+    try:
+        with trio.fail_after(BODY_SECONDS):
+            return await _receive_all(receive, limit)
+    except trio.TooSlowError:
+        raise InvalidValue(f"request body not received within {BODY_SECONDS} s") from None
+
+
+async def _receive_all(receive: Any, limit: int) -> bytes:
     parts, size = [], 0
     while True:
         message = await receive()
