@@ -29,8 +29,8 @@ def received_bytes(server: S3Server, bucket: str) -> int:
     return int(float(m.group(1))) if m else 0
 
 
-def _push(directory: Path, name: str, label: str, bucket: str, env: dict[str, str]) -> str:
-    return mlfs("push", directory, "--name", name, "--version", label, "--bucket", bucket, env=env).stderr
+def _push(directory: Path, name: str, label: str, bucket: str, env: dict[str, str], *extra: str) -> str:
+    return mlfs("push", directory, "--name", name, "--version", label, "--bucket", bucket, *extra, env=env).stderr
 
 
 def test_v2_push_sends_only_the_changed_shard_to_seaweedfs(seaweedfs: S3Server, registry_gateway: GatewayServer,
@@ -88,3 +88,52 @@ def test_v2_push_to_the_gateway_stores_only_the_changed_shard(registry_gateway: 
     # The changed shard's chunks, and the chunk of the new manifest: nothing else arrived.
     assert len(new) == -(-(v2 / CHANGED).stat().st_size // CHUNK) + 1, out
     assert "pushed 1 files" in out
+
+
+def test_killed_push_resumes_without_resending_finished_files(seaweedfs: S3Server, registry_gateway: GatewayServer,
+                                                              tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bucket = "registry-resume"
+    client = seaweedfs.client()
+    client.create_bucket(Bucket=bucket)
+    env = env_for(seaweedfs, registry_gateway)
+    local = make_model_dir(tmp_path / "m", seed=5, shard_mib=2, shards=1)
+    with open(local / "big.bin", "wb") as fh:
+        for _ in range(24):
+            fh.write(os.urandom(16 << 20))  # 384 MiB: still in flight when the small files are done
+    proc = subprocess.Popen([sys.executable, "-m", "mlfs", "push", str(local), "--name", "resumed", "--version", "v1",
+                             "--bucket", bucket, "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    keys: set[str] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+        if "model-data/resumed/v1/config.json" in keys:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert "model-data/resumed/v1/big.bin" not in keys, "the push finished before it could be killed"
+    assert "model-data/resumed/v1/.mlfs/manifest.json" not in keys
+
+    # Parts that were in flight when the push died are still being counted for a moment.
+    before, settle_deadline, steady = -1, time.monotonic() + 60, 0
+    while steady < 3 and time.monotonic() < settle_deadline:
+        now = received_bytes(seaweedfs, bucket)
+        steady = steady + 1 if now == before else 0
+        before = now
+        time.sleep(0.5)
+    stored = {o["Key"].rsplit("/", 1)[-1] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    assert "big.bin" not in stored and "config.json" in stored
+    out = _push(local, "resumed", "v1", bucket, env, "-q")
+    sent = received_bytes(seaweedfs, bucket) - before
+    assert f"{len(stored)} already there" in out, out
+    manifest = client.head_object(Bucket=bucket, Key="model-data/resumed/v1/.mlfs/manifest.json")["ContentLength"]
+    missing = sum(f.stat().st_size for f in local.iterdir() if f.name not in stored)
+    assert sent == missing + manifest, out
+    doc = json.loads(mlfs("models", "show", "models:/resumed/v1", "--json", env=env).stdout)
+    assert (doc["status"], doc["objects"]) == ("READY", len(list(local.iterdir())))
