@@ -18,6 +18,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
+from mlfs.errors import MlfsError
+from mlfs.gateway.errors import S3Error
 from mlfs.registry.db import RegistryDB
 from mlfs.registry.errors import InvalidValue, PermissionDenied, RegistryError, Unauthenticated
 from mlfs.registry.registry import Registry
@@ -95,17 +97,14 @@ class RegistryService:
             status, doc = exc.status, {"error_code": exc.code, "message": exc.message}
         except RegistryError as exc:
             status, doc = exc.status, {"error_code": exc.code, "message": str(exc)}
-        except Exception as exc:
-            from mlfs.errors import MlfsError
-
-            if isinstance(exc, MlfsError):
-                status, doc = 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)}
-            elif type(exc).__name__ == "S3Error":
-                status, doc = exc.status, {"error_code": "PERMISSION_DENIED" if exc.status == 403
-                                           else "INVALID_PARAMETER_VALUE", "message": exc.message}  # type: ignore[attr-defined]
-            else:
-                log.exception("%s %s: internal error", method, path)
-                status, doc = 500, {"error_code": "INTERNAL_ERROR", "message": "internal error"}
+        except MlfsError as exc:  # a bad reference or manifest in the request
+            status, doc = 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": str(exc)}
+        except S3Error as exc:  # from the object store (a guard, a missing bucket)
+            status, doc = exc.status, {"error_code": "PERMISSION_DENIED" if exc.status == 403
+                                       else "INVALID_PARAMETER_VALUE", "message": exc.message}
+        except Exception:
+            log.exception("%s %s: internal error", method, path)
+            status, doc = 500, {"error_code": "INTERNAL_ERROR", "message": "internal error"}
         payload = json.dumps(doc).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"),
@@ -164,7 +163,6 @@ def _authenticate(gw: Gateway, scope: dict[str, Any], headers: dict[str, list[st
             raise Unauthenticated("invalid access key or secret")
         return user
     if authorization.startswith("AWS4-HMAC-SHA256 "):
-        from mlfs.gateway.errors import S3Error
         from mlfs.gateway.sigv4 import UNSIGNED_PAYLOAD, authenticate
 
         raw_path = scope.get("raw_path") or scope["path"].encode()
