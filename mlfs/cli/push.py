@@ -40,12 +40,17 @@ def push(directory, name, version_, bucket, prefix, aliases, trained_on, descrip
     setup_logging(verbose)
 
     def body() -> None:
+        import os
+
         from mlfs.manifest.generate import ByteCounter
         from mlfs.registry.client import RegistryClient
         from mlfs.registry.push import PushPlan, list_directory
         from mlfs.registry.push import push as do_push
         from mlfs.s3.client import S3Settings, make_client
 
+        # A push is many requests in a row: a busy server's transient 5xx answers get a
+        # few more attempts than one call's default (AWS_MAX_ATTEMPTS still decides).
+        os.environ.setdefault("AWS_MAX_ATTEMPTS", "8")
         plan = PushPlan(directory, name, version_, bucket, prefix, list(aliases), list(trained_on), description,
                         workers)
         registry = RegistryClient(registry_url, endpoint_url, profile, region)
