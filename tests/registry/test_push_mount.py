@@ -68,12 +68,13 @@ def test_push_mlflow_and_mount_by_reference(backend, registry_gateway: GatewaySe
     assert [v.version for v in client.get_latest_versions(name, ["Production"])] == ["2"]
     assert client.get_model_version(name, "1").current_stage == "Archived"
     client.set_model_version_tag(name, "2", "validated", "yes")
-    client.set_registered_model_tag(name, "team", "nlp")
+    client.set_registered_model_tag(name, "team", f"nlp-{server.name}")
     client.update_model_version(name, "2", description="second shard retrained")
     got = client.get_model_version(name, "2")
     assert (got.tags, got.description) == ({"validated": "yes"}, "second shard retrained")
-    assert client.get_registered_model(name).tags == {"team": "nlp"}
-    assert [m.name for m in client.search_registered_models(filter_string="tags.team = 'nlp'")] == [name]
+    assert client.get_registered_model(name).tags == {"team": f"nlp-{server.name}"}
+    assert [m.name for m in client.search_registered_models(filter_string=f"tags.team = 'nlp-{server.name}'")] \
+        == [name]
 
     with mounted("models:/" + name + "@production", tmp_path / "mnt", env, "--cache", tmp_path / "cache") as mp:
         status = json.loads(mlfs("status", mp, env=env).stdout)
