@@ -75,6 +75,24 @@ def registry_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatew
         check_log(server)
 
 
+@pytest.fixture(scope="session")
+def sw_bucket(seaweedfs: S3Server) -> Iterator[str]:
+    """One SeaweedFS bucket for every registry test (each bucket takes its own volumes on
+    the suite's shared server); tests keep apart by model names and prefixes."""
+    name = "registry-tests"
+    client = seaweedfs.client()
+    client.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for obj in page.get("Contents", []):
+                client.delete_object(Bucket=name, Key=obj["Key"])
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        client.delete_bucket(Bucket=name)
+
+
 def check_log(server: S3Server) -> None:
     """A daemon's log must hold no WARNING, ERROR or traceback the test did not expect."""
     assert server.log_path is not None

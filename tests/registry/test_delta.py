@@ -34,9 +34,8 @@ def _push(directory: Path, name: str, label: str, bucket: str, env: dict[str, st
 
 
 def test_v2_push_sends_only_the_changed_shard_to_seaweedfs(seaweedfs: S3Server, registry_gateway: GatewayServer,
-                                                          tmp_path: Path) -> None:
-    bucket = "registry-delta"
-    seaweedfs.client().create_bucket(Bucket=bucket)
+                                                          sw_bucket: str, tmp_path: Path) -> None:
+    bucket = sw_bucket
     env = env_for(seaweedfs, registry_gateway)
     v1 = make_model_dir(tmp_path / "v1", seed=3, shard_mib=20)
     v2 = make_model_dir(tmp_path / "v2", seed=3, shard_mib=20, changed_shard=1)
@@ -91,16 +90,15 @@ def test_v2_push_to_the_gateway_stores_only_the_changed_shard(registry_gateway: 
 
 
 def test_killed_push_resumes_without_resending_finished_files(seaweedfs: S3Server, registry_gateway: GatewayServer,
-                                                              tmp_path: Path) -> None:
+                                                              sw_bucket: str, tmp_path: Path) -> None:
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    bucket = "registry-resume"
+    bucket = sw_bucket
     client = seaweedfs.client()
-    client.create_bucket(Bucket=bucket)
     env = env_for(seaweedfs, registry_gateway)
     local = make_model_dir(tmp_path / "m", seed=5, shard_mib=2, shards=1)
     with open(local / "big.bin", "wb") as fh:
@@ -111,7 +109,8 @@ def test_killed_push_resumes_without_resending_finished_files(seaweedfs: S3Serve
     deadline = time.monotonic() + 120
     keys: set[str] = set()
     while time.monotonic() < deadline and proc.poll() is None:
-        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="model-data/resumed/")
+                .get("Contents", [])}
         if "model-data/resumed/v1/config.json" in keys:
             break
         time.sleep(0.05)
@@ -127,7 +126,8 @@ def test_killed_push_resumes_without_resending_finished_files(seaweedfs: S3Serve
         steady = steady + 1 if now == before else 0
         before = now
         time.sleep(0.5)
-    stored = {o["Key"].rsplit("/", 1)[-1] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+    stored = {o["Key"].rsplit("/", 1)[-1]
+              for o in client.list_objects_v2(Bucket=bucket, Prefix="model-data/resumed/v1/").get("Contents", [])}
     assert "big.bin" not in stored and "config.json" in stored
     out = _push(local, "resumed", "v1", bucket, env, "-q")
     sent = received_bytes(seaweedfs, bucket) - before

@@ -77,28 +77,28 @@ def test_datasets_splits_lineage_and_split_mount(registry_gateway: GatewayServer
         assert (mp / "001.jpg").read_bytes() == (raw / "val" / "001.jpg").read_bytes()
 
 
-def test_scan_registers_an_existing_bucket(seaweedfs: S3Server, registry_gateway: GatewayServer,
+def test_scan_registers_an_existing_bucket(seaweedfs: S3Server, registry_gateway: GatewayServer, sw_bucket: str,
                                           tmp_path: Path) -> None:
-    bucket = "registry-scan"
+    bucket = sw_bucket
     client = seaweedfs.client()
-    client.create_bucket(Bucket=bucket)
     local = make_model_dir(tmp_path / "m", shard_mib=1, shards=1)
     for f in sorted(local.iterdir()):
-        client.put_object(Bucket=bucket, Key=f"models/scanned/v1/{f.name}", Body=f.read_bytes())
-    client.put_object(Bucket=bucket, Key="models/scanned/v10/config.json", Body=(local / "config.json").read_bytes())
-    client.put_object(Bucket=bucket, Key="unrelated/file.txt", Body=b"not an artifact")
+        client.put_object(Bucket=bucket, Key=f"scan/models/scanned/v1/{f.name}", Body=f.read_bytes())
+    client.put_object(Bucket=bucket, Key="scan/models/scanned/v10/config.json",
+                      Body=(local / "config.json").read_bytes())
+    client.put_object(Bucket=bucket, Key="scan/unrelated/file.txt", Body=b"not an artifact")
     env = env_for(seaweedfs, registry_gateway)
-    doc = mlfs_json("registry", "scan", f"s3://{bucket}", env=env)
+    doc = mlfs_json("registry", "scan", f"s3://{bucket}/scan/", env=env)
     assert doc["failed"] == []
     got = {v["label"]: v for v in doc["registered"]}
     assert sorted(got) == ["v1", "v10"]
     assert got["v1"]["formats"] == ["hf-config", "json", "onnx", "safetensors"]
     assert got["v1"]["objects"] == len(list(local.iterdir()))
     assert got["v10"]["objects"] == 1  # v1 is a directory: v10's objects are not v1's
-    manifest = json.loads(client.get_object(Bucket=bucket, Key="models/scanned/v1/.mlfs/manifest.json")["Body"].read())
+    manifest = json.loads(client.get_object(Bucket=bucket, Key="scan/models/scanned/v1/.mlfs/manifest.json")["Body"].read())
     assert sorted(f["path"] for f in manifest["files"]) == sorted(f.name for f in local.iterdir())
     # Scanning again registers the same versions (same manifests), nothing new.
-    again = mlfs_json("registry", "scan", f"s3://{bucket}/models/", env=env)
+    again = mlfs_json("registry", "scan", f"s3://{bucket}/scan/models/", env=env)
     assert sorted(v["version"] for v in again["registered"]) == sorted(v["version"] for v in doc["registered"])
 
 

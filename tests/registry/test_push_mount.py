@@ -26,12 +26,7 @@ pytestmark = [pytest.mark.s3, pytest.mark.fuse]
 def backend(request: pytest.FixtureRequest, registry_gateway: GatewayServer, fuse_ready: None) -> tuple[str, S3Server]:
     if request.param == "gateway":
         return "models", registry_gateway
-    server = request.getfixturevalue("seaweedfs")
-    bucket = "registry-e2e"
-    existing = {b["Name"] for b in server.client().list_buckets()["Buckets"]}
-    if bucket not in existing:
-        server.client().create_bucket(Bucket=bucket)
-    return bucket, server
+    return request.getfixturevalue("sw_bucket"), request.getfixturevalue("seaweedfs")
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
