@@ -4,7 +4,8 @@ Every object under the directory P/ becomes a file whose path is its key relativ
 it, with the chunk digests and whole-object SHA-256 the gateway recorded when storing
 it (objects still waiting for their SHA-256 are hashed now, once). P is a directory:
 asking for `m/v1` never picks up `m/v10/…`. Keys ending in "/" (directory markers) and
-keys under `.mlfs/` (the artifact's own manifest and bookkeeping) are left out. The
+keys under a `.mlfs/` directory (an artifact's own manifests and bookkeeping, at any
+depth) are left out. The
 response is exactly `Manifest(...).dumps()`.
 """
 
@@ -20,7 +21,12 @@ from mlfs.manifest.model import FileEntry, Manifest, Source
 from mlfs.manifest.validate import parse_manifest
 
 MAX_FILES = 100_000
-BOOKKEEPING_DIR = ".mlfs/"
+BOOKKEEPING_DIR = ".mlfs"
+
+
+def is_bookkeeping(path: str) -> bool:
+    """True for paths inside a `.mlfs/` directory, which are no files of an artifact."""
+    return BOOKKEEPING_DIR in path.split("/")[:-1]
 
 
 def directory_prefix(prefix: str) -> str:
@@ -38,7 +44,7 @@ def catalog_manifest(objects: ObjectStore, bucket: str, prefix: str, name: str |
     files = []
     for rec in records:
         path = rec.key[len(prefix):].lstrip("/")
-        if not path or rec.key.endswith("/") or path.startswith(BOOKKEEPING_DIR):
+        if not path or rec.key.endswith("/") or is_bookkeeping(path):
             continue
         sha256 = rec.sha256 or objects.whole_sha256(rec)
         files.append(FileEntry(

@@ -100,8 +100,8 @@ def list_prefix(client: Any, bucket: str, prefix: str) -> list[tuple[str, int, s
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                # Directory markers, and the artifact's own manifest under .mlfs/, are no files of it.
-                if obj["Key"].endswith("/") or obj["Key"][len(prefix):].startswith(".mlfs/"):
+                # Directory markers, and manifests under .mlfs/ directories, are no files of it.
+                if obj["Key"].endswith("/") or ".mlfs" in obj["Key"][len(prefix):].split("/")[:-1]:
                     continue
                 out.append((obj["Key"], int(obj["Size"]), obj.get("ETag", "")))
     except botocore.exceptions.ClientError as exc:

@@ -287,11 +287,19 @@ class RegistryDB:
             else:
                 db.execute("UPDATE versions SET status=?, manifest=?, manifest_digest=?, metadata=?, updated=? "
                            "WHERE id=?", (READY, manifest, digest, json.dumps(metadata), time.time(), version_id))
-                for edge in lineage:
-                    db.execute("INSERT OR REPLACE INTO lineage VALUES (?,?,?,?,?,?)",
-                               (version_id, edge["kind"], edge["name"], edge["version"], edge["uri"],
-                                json.dumps(pipeline)))
+                self._add_lineage(db, version_id, lineage, pipeline)
         return self.version_by_id(version_id)
+
+    def add_lineage(self, version_id: int, lineage: list[dict[str, str]], pipeline: dict[str, Any]) -> None:
+        with self.tx() as db:
+            self._add_lineage(db, version_id, lineage, pipeline)
+
+    @staticmethod
+    def _add_lineage(db: sqlite3.Connection, version_id: int, lineage: list[dict[str, str]],
+                     pipeline: dict[str, Any]) -> None:
+        for edge in lineage:
+            db.execute("INSERT OR REPLACE INTO lineage VALUES (?,?,?,?,?,?)",
+                       (version_id, edge["kind"], edge["name"], edge["version"], edge["uri"], json.dumps(pipeline)))
 
     def put_files(self, version_id: int, files: list[dict[str, Any]]) -> None:
         with self.tx() as db:

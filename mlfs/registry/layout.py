@@ -38,7 +38,18 @@ class Location:
 
     @property
     def is_bookkeeping(self) -> bool:
-        return self.path.startswith(BOOKKEEPING) or self.path == BOOKKEEPING.rstrip("/")
+        """Inside a `.mlfs/` directory at any depth (the version's or a split's manifest)."""
+        return is_bookkeeping(self.path)
+
+    @property
+    def is_split_manifest(self) -> bool:
+        """`{split}/.mlfs/manifest.json`: what a run writing one split of a dataset leaves."""
+        head, _, tail = self.path.partition("/")
+        return self.kind == "dataset" and bool(head) and head != ".mlfs" and tail == MANIFEST_NAME
+
+
+def is_bookkeeping(path: str) -> bool:
+    return BOOKKEEPING.rstrip("/") in path.split("/")[:-1]
 
 
 def locate(bucket: str, key: str) -> Location | None:

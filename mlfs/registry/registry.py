@@ -27,8 +27,8 @@ from mlfs.registry.layout import (
     MANIFEST_NAME,
     Location,
     Reference,
+    is_bookkeeping,
     locate,
-    locate_prefix,
     parse_reference,
 )
 
@@ -105,6 +105,8 @@ class Registry:
             return
         if loc.path == MANIFEST_NAME:
             self._register_from_object(loc, rec)
+        elif loc.is_split_manifest:
+            self._lineage_from_split(loc, rec)
         elif not loc.is_bookkeeping and loc.path:
             self._index(loc, rec)
 
@@ -147,16 +149,33 @@ class Registry:
         if not self.db.files(version.id):
             self.db.delete_version(version.kind, version.name, version.number)
 
-    def _register_from_object(self, loc: Location, rec: ObjectRecord) -> None:
-        if rec.size > MAX_MANIFEST_BYTES:
-            log.info("s3://%s/%s: manifest larger than %d bytes, version not registered",
-                     loc.bucket, rec.key, MAX_MANIFEST_BYTES)
+    def _lineage_from_split(self, loc: Location, rec: ObjectRecord) -> None:
+        # A run that wrote one split records where it came from in that split's manifest.
+        text = self._read_manifest(loc, rec)
+        if text is None:
             return
+        try:
+            links, pipeline = lineage_links(parse_manifest(text, origin=rec.key).metadata)
+            version = self.db.upsert_version(loc.kind, loc.name, loc.label, loc.bucket, loc.prefix, True)
+        except Exception as exc:
+            log.info("s3://%s/%s: no lineage taken from it: %s", loc.bucket, rec.key, exc)
+            return
+        self.db.add_lineage(version.id, links, pipeline)
+
+    def _read_manifest(self, loc: Location, rec: ObjectRecord) -> str | None:
+        if rec.size > MAX_MANIFEST_BYTES:
+            log.info("s3://%s/%s: manifest larger than %d bytes, ignored", loc.bucket, rec.key, MAX_MANIFEST_BYTES)
+            return None
         src = StoredObject(self.objects, rec)  # type: ignore[arg-type]
         try:
-            text = src.read(0, rec.size).decode("utf-8", "replace")
+            return src.read(0, rec.size).decode("utf-8", "replace")
         finally:
             src.close()
+
+    def _register_from_object(self, loc: Location, rec: ObjectRecord) -> None:
+        text = self._read_manifest(loc, rec)
+        if text is None:
+            return
         try:
             self.register(loc.kind, loc.name, loc.label, loc.bucket, loc.prefix, text, files=None, on_gateway=True)
         except Exception as exc:
@@ -204,7 +223,7 @@ class Registry:
     def _check_against_catalog(self, bucket: str, prefix: str, manifest: Manifest) -> None:
         assert self.objects is not None
         stored = {r.key[len(prefix):]: r for r in self.objects.catalog.objects_under(bucket, prefix)
-                  if not r.key[len(prefix):].startswith(".mlfs/") and not r.key.endswith("/")}
+                  if not is_bookkeeping(r.key[len(prefix):]) and not r.key.endswith("/")}
         listed = {f.path: f for f in manifest.files}
         if set(stored) != set(listed):
             extra = sorted(set(stored) ^ set(listed))[0]
@@ -339,10 +358,13 @@ def lineage_links(metadata: dict[str, Any]) -> tuple[list[dict[str, str]], dict[
     for item in doc.get("inputs") or []:
         if not isinstance(item, dict) or not isinstance(item.get("uri"), str):
             continue
-        loc = locate_prefix(item["uri"])
-        kind = loc.kind if loc else ("model" if "models:/" in item["uri"] else "dataset")
-        name = str(item.get("name") or (loc.name if loc else ""))
-        label = str(item.get("version") or (loc.label if loc else ""))
+        # The layout names an input best (a split URI's last components are no name and
+        # version); an input outside every layout keeps the names it was given.
+        uri = item["uri"]
+        loc = locate(*uri[5:].split("/", 1)) if uri.startswith("s3://") and "/" in uri[5:] else None
+        kind = loc.kind if loc else "dataset"
+        name = loc.name if loc else str(item.get("name") or "")
+        label = loc.label if loc else str(item.get("version") or "")
         if name and label:
             links.append({"kind": kind, "name": name, "version": label, "uri": item["uri"]})
     return links, json.loads(json.dumps(pipeline))

@@ -21,7 +21,7 @@ from mlfs.manifest.generate import ObjectRef, build_manifest, hash_refs
 from mlfs.manifest.model import DEFAULT_CHUNK_SIZE, Source
 from mlfs.registry.client import RegistryClient
 from mlfs.registry.formats import detect
-from mlfs.registry.layout import MANIFEST_NAME, Location, locate
+from mlfs.registry.layout import MANIFEST_NAME, Location, is_bookkeeping, locate
 
 
 class S3Object:
@@ -73,7 +73,7 @@ def scan(s3: Any, registry: RegistryClient, bucket: str, prefix: str,
 
 
 def _register(s3: Any, registry: RegistryClient, loc: Location, objects: list[dict[str, Any]]) -> dict[str, Any]:
-    files = [o for o in objects if not o["Key"][len(loc.prefix):].startswith(".mlfs/")]
+    files = [o for o in objects if not is_bookkeeping(o["Key"][len(loc.prefix):])]
     manifest_obj = next((o for o in objects if o["Key"] == loc.prefix + MANIFEST_NAME), None)
     if manifest_obj is not None:
         text = s3.get_object(Bucket=loc.bucket, Key=manifest_obj["Key"])["Body"].read(256 << 20).decode()

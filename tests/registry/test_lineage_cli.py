@@ -142,3 +142,24 @@ def test_push_claims_a_version_seen_only_as_unregistered_objects(registry_gatewa
     doc = mlfs_json("push", local, "--name", "claimed", "--version", "v1", "-q", env=env)
     assert (doc["status"], doc["uri"]) == ("READY", "s3://models/model-data/claimed/v1/")
     assert doc["formats"] == ["hf-config", "json", "onnx", "safetensors"]
+
+
+def test_preprocessing_run_of_a_split_records_lineage(registry_gateway: GatewayServer, tmp_path: Path) -> None:
+    """The real preprocessing runner writes one split and its manifest with metadata.lineage;
+    the registry links the derived dataset version to its source version and pipeline."""
+    from tests.preprocess.conftest import jpeg, preprocess_run, upload
+
+    env = env_for(registry_gateway)
+    client = registry_gateway.client()
+    client.create_bucket(Bucket="pre")
+    upload(client, "pre", {f"datasets/photos/v1/train/{i}.jpg": jpeg(i) for i in range(4)})
+    result = preprocess_run(env, "imagenet-224", "s3://pre/datasets/photos/v1/train/",
+                            "--out", "s3://pre/datasets/photos-224/v1/train/", "--cache", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    doc = mlfs_json("lineage", "datasets:/photos-224/v1", env=env)
+    assert [(i["kind"], i["name"], i["version"]) for i in doc["inputs"]] == [("dataset", "photos", "v1")]
+    assert doc["pipeline"]["name"] == "imagenet-224" and doc["pipeline"]["digest"].startswith("sha256:")
+    shown = mlfs_json("datasets", "show", "datasets:/photos-224/v1", env=env)
+    assert all(".mlfs" not in f["path"] for f in shown["files"]) and len(shown["files"]) >= 4
+    upstream = mlfs_json("lineage", "datasets:/photos/v1", env=env)
+    assert [o["name"] for o in upstream["used_by"]] == ["photos-224"]
