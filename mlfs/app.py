@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from mlfs.config import MountOptions
 from mlfs.errors import ConfigError, MountError
 from mlfs.manifest.model import Manifest
-from mlfs.manifest.validate import load_manifest
 from mlfs.s3.client import S3Settings, make_client
 from mlfs.store.chunks import ChunkStore
 
@@ -46,9 +45,14 @@ def mount_artifact(
     from mlfs.fuse.mountpoints import check_mountpoint
     from mlfs.fuse.session import MountSession, SessionSettings
     from mlfs.log import configure
+    from mlfs.registry.client import describe_resolution, load_mount_manifest
 
     opts.validate()
-    manifest = load_manifest(manifest_path)
+    # A file, or a models:/… or datasets:/… reference resolved through the registry.
+    manifest = load_mount_manifest(manifest_path, endpoint_url=opts.endpoint_url, profile=opts.profile,
+                                   region=opts.region)
+    if (resolution := describe_resolution(manifest)) is not None:
+        say(f"mlfs: {resolution}")
     path, cleaned = check_mountpoint(mountpoint)
     if cleaned:
         say(f"mlfs: cleaned a stale mount left at {path} by a process that died")

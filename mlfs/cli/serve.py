@@ -64,6 +64,7 @@ def serve(data_dir: Path, listen: str, credentials: Path | None, anonymous_read:
             raise ConfigError(f"--upstream {upstream!r}: expected s3://BUCKET[/PREFIX]")
         policy = load_access_policy(credentials, anonymous_read=anonymous_read)
         from mlfs.preprocess.service import extend as preprocessing
+        from mlfs.registry.service import extend as registry
 
         limits = Limits(max_requests=max_requests, per_client_requests=max_requests_per_client,
                         min_rate=float(min_rate), rate_grace=min_rate_grace, upstream_max_size=upstream_max_size,
@@ -71,7 +72,7 @@ def serve(data_dir: Path, listen: str, credentials: Path | None, anonymous_read:
         if body_timeout is not None:
             limits = dataclasses.replace(limits, body_stall=body_timeout)
         serve_forever(GatewayConfig(data_dir=data_dir, host=host.strip("[]"), port=int(port), policy=policy,
-                                    upstream=upstream, threads=threads, extensions=[preprocessing],
+                                    upstream=upstream, threads=threads, extensions=[preprocessing, registry],
                                     limits=limits, region=region))
 
     run_command(body)
