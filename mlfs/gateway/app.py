@@ -15,6 +15,7 @@ from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request, Responder
 from mlfs.gateway.manifest import mlfs_manifest
 from mlfs.gateway.names import check_bucket
+from mlfs.gateway.objects import ObjectReplaced
 from mlfs.gateway.sigv4 import authenticate
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,9 @@ class GatewayApp:
             if resp.started:
                 log.warning("%s %s failed after the response started: %s", scope["method"], scope["path"], err)
                 raise
-            if err.status >= 500:
+            # 501 (a feature asked for that mlfs serve refuses) and 503 SlowDown (load
+            # shedding) are answers to the client, not faults of the gateway.
+            if err.status >= 500 and err.code not in ("NotImplemented", "SlowDown"):
                 log.error("%s %s: %s", scope["method"], scope["path"], err)
             else:
                 log.debug("%s %s: %s", scope["method"], scope["path"], err.code)
@@ -199,6 +202,12 @@ class GatewayApp:
                 await resp.body(b"" if head else err.xml(resp.request_id))
             else:
                 await resp.error(err, head=head)
+        except ObjectReplaced as exc:
+            # The download started before a delete/overwrite: cut it (the client sees a
+            # short body) or, if nothing was sent yet, answer as if it had never existed.
+            log.info("%s %s: %s", scope["method"], scope["path"], exc)
+            if not resp.started:
+                await resp.error(S3Error("NoSuchKey", "The specified key does not exist."), head)
         except ClientGone:
             log.debug("%s %s: client went away mid-request", scope["method"], scope["path"])
         except Exception:

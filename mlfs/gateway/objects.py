@@ -44,6 +44,10 @@ READ_BLOCK = 4 << 20
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
 
+class ObjectReplaced(Exception):
+    """An object being read was deleted or overwritten; its old chunks are gone."""
+
+
 class ObjectStore:
     """The gateway's storage: SQLite catalog + chunk store under one data directory."""
 
@@ -310,17 +314,26 @@ class ObjectReader:
             os.close(self._fd)
             self._fd = None
 
+    def _raise_unless_replaced(self) -> None:
+        # A delete or overwrite frees the old chunks at once, so a download that started
+        # before it cannot finish: that is the object changing, not data damage.
+        current = self.objects.catalog.get_object(self.rec.bucket, self.rec.key)
+        if current is None or current.chunks != self.rec.chunks:
+            raise ObjectReplaced(f"s3://{self.rec.bucket}/{self.rec.key} was deleted or overwritten mid-download")
+
     def _open(self, digest: str) -> int:
         if digest == self._digest and self._fd is not None:
             return self._fd
         self.close()
         store = self.objects.store
         if not store.ensure_verified(digest):
+            self._raise_unless_replaced()
             log.error("chunk %s of s3://%s/%s is missing or corrupt", digest, self.rec.bucket, self.rec.key)
             raise S3Error("InternalError", "Stored object data is damaged.")
         try:
             self._fd = os.open(store.path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            self._raise_unless_replaced()
             raise S3Error("InternalError", "Stored object data is missing.") from None
         self._digest = digest
         return self._fd
