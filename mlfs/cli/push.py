@@ -55,7 +55,7 @@ def push(directory, name, version_, bucket, prefix, aliases, trained_on, descrip
                         workers)
         registry = RegistryClient(registry_url, endpoint_url, profile, region)
         s3 = make_client(S3Settings(endpoint_url=endpoint_url, region=region, profile=profile,
-                                    max_pool=max(16, workers * 4 + 2)))
+                                    max_pool=max(16, workers * 4 + 2), transfers=True))
         total = sum(f.size for f in list_directory(directory))
         counter = ByteCounter()
         result = _with_rate(total, quiet, lambda: do_push(plan, s3, registry, counter), counter)

@@ -29,6 +29,9 @@ class S3Settings:
     # Mounts retry whole chunk fetches themselves (also on resets mid-body, which
     # botocore cannot retry), so their client makes one attempt per call.
     own_retries: bool = False
+    # boto3's managed transfers (upload_file, copy) for bulk uploads such as `mlfs push`;
+    # everything else uses the plain botocore client, which starts faster.
+    transfers: bool = False
 
 
 def make_client(settings: S3Settings) -> Any:
@@ -55,6 +58,11 @@ def make_client(settings: S3Settings) -> Any:
     try:
         session = botocore.session.Session(profile=settings.profile)
         region = settings.region or session.get_config_variable("region") or "us-east-1"
+        if settings.transfers:
+            import boto3
+
+            return boto3.session.Session(botocore_session=session).client(
+                "s3", endpoint_url=endpoint or None, region_name=region, config=config)
         return session.create_client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
     except Exception as exc:  # botocore raises ProfileNotFound and friends
         raise ConfigError(f"AWS configuration: {exc}") from None
