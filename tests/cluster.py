@@ -69,7 +69,9 @@ def start_cluster(workdir: Path, volumes: int = 3, replication: str = "001", tim
     fport, fgrpc, s3port = free_port(), free_port(), free_port()
     procs["filer"] = _spawn(workdir, "filer", [
         "filer", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-port={fport}", f"-port.grpc={fgrpc}",
-        f"-master={master}", f"-defaultReplicaPlacement={replication}", "-maxMB=1"])
+        f"-master={master}", f"-defaultReplicaPlacement={replication}", "-maxMB=1",
+        # The filer's embedded store defaults to the current directory.
+        f"-defaultStoreDir={workdir}"])
     procs["s3"] = _spawn(workdir, "s3", [
         "s3", "-ip.bind=127.0.0.1", f"-port={s3port}", f"-port.grpc={free_port()}",
         f"-filer=127.0.0.1:{fport}.{fgrpc}", "-port.iceberg=0", "-port.lance=0"])
