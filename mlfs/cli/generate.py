@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mlfs.cli.common import run_command, setup_logging
-
-
-def _with_progress(total: int, quiet: bool, work, counter) -> Any:
-    """Run `work()` in a thread while a progress bar on stderr follows `counter`."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = work()
-        except BaseException as exc:  # re-raised on the main thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    if quiet:
-        thread.join()
-    else:
-        with click.progressbar(length=max(total, 1), label="hashing", file=sys.stderr, show_pos=False,
-                               show_percent=True, show_eta=True) as bar:
-            seen = 0
-            while thread.is_alive():
-                thread.join(0.2)
-                now = counter.total
-                bar.update(now - seen)
-                seen = now
-            bar.update(max(total, 1) - seen)
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+from mlfs.cli.common import run_command, run_with_progress, setup_logging
 
 
 def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir: Path | None,
@@ -117,7 +86,7 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
         meta: dict[str, Any] = {}
         if from_file is not None:
             refs, meta = gen.refs_from_artifactfs(gen.read_json_file(from_file), str(from_file))
-            files = _with_progress(sum(r.size for r in refs), quiet,
+            files = run_with_progress("hashing", sum(r.size for r in refs), quiet,
                                    lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
             default_name, default_version = meta["name"], meta["version"]
         else:
@@ -126,7 +95,7 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
             if local_dir is not None:
                 total = sum(p.stat().st_size for p in local_dir.rglob("*") if p.is_file() and not p.is_symlink()) \
                     if local_dir.is_dir() else 0
-                files, links = _with_progress(
+                files, links = run_with_progress("hashing",
                     total, quiet,
                     lambda: gen.entries_from_local(client, local_dir, bucket, prefix, size, workers, counter),
                     counter)
@@ -140,7 +109,7 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
                     files, links = known.files, known.symlinks
                 else:
                     refs = gen.refs_from_s3(client, bucket, prefix)
-                    files = _with_progress(sum(r.size for r in refs), quiet,
+                    files = run_with_progress("hashing", sum(r.size for r in refs), quiet,
                                            lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
         globs = [] if no_prefetch else (list(prefetch) or meta.get("prefetch") or None)
         manifest = gen.build_manifest(

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from mlfs.cli.common import run_command, setup_logging
+from mlfs.cli.common import run_command, run_with_progress, setup_logging
 
 
 @click.command()
@@ -58,7 +54,8 @@ def push(directory, name, version_, bucket, prefix, aliases, trained_on, descrip
                                     max_pool=max(16, workers * 4 + 2), transfers=True))
         total = sum(f.size for f in list_directory(directory))
         counter = ByteCounter()
-        result = _with_rate(total, quiet, lambda: do_push(plan, s3, registry, counter), counter)
+        result = run_with_progress("pushing", total, quiet, lambda: do_push(plan, s3, registry, counter), counter,
+                                   show_rate=True)
         if as_json:
             import json
 
@@ -74,32 +71,3 @@ def push(directory, name, version_, bucket, prefix, aliases, trained_on, descrip
     run_command(body)
 
 
-def _with_rate(total: int, quiet: bool, work, counter) -> Any:
-    """Run `work()` in a thread; one progress bar on stderr with bytes and bytes/s."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = work()
-        except BaseException as exc:  # re-raised on the main thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    if quiet:
-        thread.join()
-    else:
-        start = time.monotonic()
-        with click.progressbar(length=max(total, 1), label="pushing", file=sys.stderr, show_pos=False,
-                               show_percent=True, show_eta=False,
-                               item_show_func=lambda rate: rate) as bar:
-            seen = 0
-            while thread.is_alive():
-                thread.join(0.25)
-                now = min(counter.total, total)
-                rate = now / max(time.monotonic() - start, 1e-3)
-                bar.update(now - seen, f"{now / 1e6:.1f}/{total / 1e6:.1f} MB {rate / 1e6:.1f} MB/s")
-                seen = now
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
