@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # real S3 clients the gateway tests drive.
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rclone s3cmd
 
-.PHONY: demo test bench lint system-deps venv clean image test-image base-image image-deps
+.PHONY: demo test test-long bench lint system-deps venv clean image test-image base-image image-deps
 
 system-deps:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -33,7 +33,14 @@ demo: venv
 test: venv
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q
 
+# The fuzz targets with at least 10,000 examples each (make test runs a few hundred).
+test-long: venv
+	HYPOTHESIS_PROFILE=long PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -q tests/fuzz
+
 bench: venv
+	@# Peers of the peer benchmark: s3fs from Debian, the Run:ai streamer and a CPU-only torch.
+	@dpkg -s s3fs >/dev/null 2>&1 || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q s3fs; }
+	$(PY) -m pip install -q -e '.[bench]' || echo "bench extra did not install: the Run:ai row is skipped"
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/run_all.py
 
 lint: venv

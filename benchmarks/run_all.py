@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["mount_bench.py", "policy_bench.py", "gateway_bench.py", "preprocess_bench.py"]
+BENCHMARKS = ["peer_bench.py", "mount_bench.py", "policy_bench.py", "gateway_bench.py", "preprocess_bench.py"]
 
 
 def main() -> int:

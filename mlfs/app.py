@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from mlfs.config import MountOptions
 from mlfs.errors import ConfigError, MlfsError, MountError
 from mlfs.manifest.model import Manifest
-from mlfs.manifest.validate import load_manifest
 from mlfs.s3.client import S3Settings, make_client
 from mlfs.store.chunks import ChunkStore
 
@@ -25,7 +24,7 @@ def s3_settings(opts: MountOptions) -> S3Settings:
         endpoint_url=opts.endpoint_url,
         region=opts.region,
         profile=opts.profile,
-        max_pool=opts.max_threads + 4,
+        max_pool=opts.max_threads + 6,  # + the fetcher's urgent threads, + spare
         own_retries=True,
     )
 
@@ -57,6 +56,7 @@ def mount_artifact(
     from mlfs.fuse.session import MountSession, SessionSettings
     from mlfs.log import configure
     from mlfs.metrics import parse_metrics_addr
+    from mlfs.registry.client import describe_resolution, load_mount_manifest
     from mlfs.s3.probe import probe_s3
 
     opts.validate()
@@ -67,7 +67,11 @@ def mount_artifact(
     foreground = foreground or run is not None or os.getpid() == 1
     if run is not None:
         opts.wait_prefetch = True
-    manifest = load_manifest(manifest_path)
+    # A file, or a models:/… or datasets:/… reference resolved through the registry.
+    manifest = load_mount_manifest(manifest_path, endpoint_url=opts.endpoint_url, profile=opts.profile,
+                                   region=opts.region)
+    if (resolution := describe_resolution(manifest)) is not None:
+        say(f"mlfs: {resolution}")
     if mkdir:
         try:
             Path(mountpoint).mkdir(parents=True, exist_ok=True)
@@ -88,7 +92,9 @@ def mount_artifact(
         allow_other=opts.allow_other,
         max_threads=opts.max_threads,
         read_ahead_max=opts.read_ahead_max,
+        buffers=opts.buffers,
         wait_prefetch=opts.wait_prefetch,
+        kernel_flags=tuple(opts.kernel_flags),
     )
     # Unreachable S3, a wrong endpoint or refused credentials are reported here, by the
     # command the user ran, and nothing gets mounted.
@@ -195,16 +201,18 @@ def all_statuses() -> list[dict]:
     return out
 
 
-def switch(mountpoint: str | Path, manifest_ref: str) -> dict:
+def switch(mountpoint: str | Path, manifest_ref: str, endpoint_url: str | None = None,
+           profile: str | None = None, region: str | None = None) -> dict:
     """Make the mount at `mountpoint` serve another manifest; returns the mount's answer."""
     from mlfs.control import request_switch
     from mlfs.fuse.mountpoints import find_mount
+    from mlfs.registry.client import load_mount_manifest
 
     info = find_mount(mountpoint)
     if info is None or not info.is_mlfs:
         raise MountError(f"{Path(mountpoint).absolute()} is not an mlfs mount")
     # The same loader as `mlfs mount`: every reference a mount accepts works here too.
-    manifest = load_manifest(manifest_ref)
+    manifest = load_mount_manifest(manifest_ref, endpoint_url=endpoint_url, profile=profile, region=region)
     answer = request_switch(mountpoint, manifest, str(manifest_ref))
     if not answer.get("ok"):
         raise MountError(f"switch refused, still serving the previous version: {answer.get('error')}")
@@ -215,7 +223,9 @@ def reload_rules(mountpoint: str | Path) -> int:
     import os
     import signal
 
-    pid = int(status(mountpoint)["pid"])
+    from mlfs.runinfo import verified_mount_pid
+
+    pid = verified_mount_pid(status(mountpoint), Path(mountpoint).absolute())
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:

@@ -26,15 +26,15 @@ import trio
 from mlfs.errors import MlfsError, MountError
 from mlfs.manifest.model import Manifest
 from mlfs.manifest.validate import parse_manifest
-from mlfs.runinfo import info_path
+from mlfs.runinfo import info_path, publisher
 
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST = 64 << 20  # a manifest of a very large dataset, with room to spare
 
 
-def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
-    return info_path(mountpoint).with_suffix(".sock")
+def socket_path(mountpoint: str | os.PathLike[str], create: bool = False) -> Path:
+    return info_path(mountpoint, create=create).with_suffix(".sock")
 
 
 class RecentErrors(logging.Handler):
@@ -80,6 +80,7 @@ def live_status(session: Any, errors: RecentErrors, rate: FetchRate) -> dict[str
     doc["bytes_fetched"] = fetched
     doc["top_files"] = [{"path": p, "bytes": n} for p, n in files.get("top_files", [])]
     doc["recent_errors"] = list(errors.records)
+    doc.update(publisher())  # pid and the time these figures were taken, as in the published copy
     return doc
 
 
@@ -88,8 +89,7 @@ async def serve_control(session: Any, task_status: trio.TaskStatus[None] = trio.
     errors = RecentErrors()
     logging.getLogger().addHandler(errors)
     rate = FetchRate()
-    path = socket_path(session.settings.mountpoint)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = socket_path(session.settings.mountpoint, create=True)  # a private run directory
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -194,14 +194,23 @@ class MountPolicy:
     # --------------------------------------------------------------- prefetch
     async def prefetch(self, entry: FileEntry, d: FileDecision,
                        queue: tuple[trio.Semaphore, trio.Nursery] | None = None) -> None:
-        """Prefetch what `d` says of `entry`; with `queue`, only enqueue into that shared window."""
-        reader = self.reader
-        rule = d.rule_for("prefetch") or "?"
+        """Prefetch what `d` says of `entry`; with `queue`, only enqueue into that shared window.
+
+        Runs as a background task of the mount: whatever goes wrong stays here (logged),
+        because an exception leaving it would tear the whole mount down.
+        """
         try:
-            indices = await self._prefetch_plan(entry, d)
+            await self._prefetch(entry, d, queue)
         except MlfsError as exc:
             log.info("prefetch of %s skipped: %s", entry.path, exc)
-            return
+        except Exception:
+            log.exception("prefetch of %s failed unexpectedly", entry.path)
+
+    async def _prefetch(self, entry: FileEntry, d: FileDecision,
+                        queue: tuple[trio.Semaphore, trio.Nursery] | None) -> None:
+        reader = self.reader
+        rule = d.rule_for("prefetch") or "?"
+        indices = await self._prefetch_plan(entry, d)
         fetcher = reader.fetcher
         todo = [(entry, i) for i in indices
                 if not fetcher.is_ready(entry.chunks[i]) and not fetcher.is_in_flight(entry.chunks[i])]
@@ -231,22 +240,15 @@ class MountPolicy:
             reader = self.reader
             first8 = await reader.read_range(entry, 0, 8)
             try:
-                header_len = safetensors_header_length(first8)
-                header = await reader.read_range(entry, 0, 8 + header_len)
-                ranges = safetensors_tensor_ranges(header)
+                # The header is file content, so untrusted: every range it names is
+                # checked against the manifest's size before a chunk list is built.
+                header_len = safetensors_header_length(first8, entry.size)
+                header = await reader.read_range(entry, 0, header_len)
+                ranges = safetensors_tensor_ranges(header, entry.size)
             except FormatError as exc:
                 log.info("%s: not a readable safetensors header (%s); prefetching it whole", entry.path, exc)
                 return list(range(n))
-            order: list[int] = []
-            seen: set[int] = set()
-            for start, end in sorted(ranges):
-                if end <= start:
-                    continue
-                for index in range(start // cs, (end - 1) // cs + 1):
-                    if index not in seen:
-                        seen.add(index)
-                        order.append(index)
-            return order
+            return _chunks_in_order(ranges, cs, n)
         return list(range(n))
 
     # ----------------------------------------------------------------- reload
@@ -259,6 +261,22 @@ class MountPolicy:
 
     def statistics(self) -> dict:
         return {"rules": self.engine.counters.to_json(), "pinned_bytes": self._pinned_bytes}
+
+
+def _chunks_in_order(ranges: list[tuple[int, int]], chunk_size: int, count: int) -> list[int]:
+    """Chunk indices covering `ranges`, in order of first use, each once, all below `count`."""
+    order: list[int] = []
+    seen: set[int] = set()
+    for start, end in sorted(ranges):
+        if end <= start:
+            continue
+        for index in range(start // chunk_size, min(count, (end - 1) // chunk_size + 1)):
+            if index not in seen:
+                seen.add(index)
+                order.append(index)
+        if len(seen) == count:
+            break
+    return order
 
 
 async def save_learned_after(learned: LearnedPrefetch, seconds: float) -> None:

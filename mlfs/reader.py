@@ -59,6 +59,14 @@ class OpenFile:
         self._behind = 0  # chunks below this index were dropped behind
 
     async def read(self, offset: int, size: int) -> bytes:
+        return bytes(await self.read_for_reply(offset, size))
+
+    async def read_for_reply(self, offset: int, size: int) -> bytes | memoryview:
+        """Like `read`, but may return a view of a verified buffer (no copy).
+
+        The view is valid until the caller next yields to trio: for a FUSE reply,
+        which pyfuse3 sends before it runs anything else.
+        """
         # The kernel sends several reads of one file at once; the pattern is judged and
         # read-ahead started when a read arrives, not when it completes.
         self._observe(offset, size)
@@ -66,7 +74,7 @@ class OpenFile:
             self._schedule_read_ahead(offset + size)
             if self.settings.drop_behind:
                 self._drop_behind(offset)
-        data = await self.reader.read_range(self.entry, offset, size, self)
+        data = await self.reader.read_range(self.entry, offset, size, self, view=True)
         self.bytes_read += len(data)
         return data
 
@@ -93,7 +101,8 @@ class OpenFile:
     def _schedule_read_ahead(self, position: int) -> None:
         chunk = self.reader.chunk_size
         first = position // chunk + 1
-        last = min(len(self.entry.chunks), first + min(self.window, self.settings.max))
+        window = min(self.window, self.settings.max, self.reader.window_cap)
+        last = min(len(self.entry.chunks), first + window)
         begin = max(first, self._ahead_until)
         for index in range(begin, last):
             self.reader.fetch_in_background(self.entry, index)
@@ -123,12 +132,29 @@ class ArtifactReader:
         self.nursery = nursery
         self.read_ahead = read_ahead or ReadAheadSettings()
         self.listeners: list[ReadListener] = []
+        fetcher.attach(nursery)
+        # Read-ahead never outruns what can hold it: half the store budget (so fetching
+        # ahead cannot evict what it just fetched, at the smallest --cache-size too) and
+        # the verified buffers (so chunks fetched ahead are still in memory when read).
+        cap = max(1, fetcher.buffer_count - 2)
+        if store.budget is not None:
+            cap = min(cap, max(1, store.budget // self.chunk_size // 2))
+        self.window_cap = cap
+        # Store reads run in worker threads (never on the event loop), apart from the
+        # download threads so a cached read never queues behind a fetch.
+        self._store_reads = trio.CapacityLimiter(4)
 
     def open(self, entry: FileEntry, settings: ReadAheadSettings | None = None) -> OpenFile:
         base = settings or self.read_ahead
         return OpenFile(self, entry, ReadAheadSettings(base.start, base.max, base.drop_behind))
 
-    async def read_range(self, entry: FileEntry, offset: int, size: int, handle: OpenFile | None = None) -> bytes:
+    async def read_range(self, entry: FileEntry, offset: int, size: int, handle: OpenFile | None = None,
+                         view: bool = False) -> bytes:
+        """Verified bytes of `entry` in [offset, offset + size).
+
+        With `view`, a single-chunk read may come back as a memoryview of a verified
+        buffer, valid until the caller next yields to trio (see `OpenFile.read_for_reply`).
+        """
         end = min(offset + size, entry.size)
         if offset >= end:
             return b""
@@ -141,23 +167,28 @@ class ArtifactReader:
         for i in range(first, last + 1):
             lo = max(offset, i * cs) - i * cs
             hi = min(end, (i + 1) * cs) - i * cs
-            parts.append(await self._read_chunk(entry, i, lo, hi - lo))
+            parts.append(await self._read_chunk(entry, i, lo, hi - lo, view and first == last))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         for listener in self.listeners:
             listener(entry, offset, len(data), handle)
         return data
 
-    async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int) -> bytes:
-        digest = await self.fetcher.ensure(entry, index)
-        try:
-            # A page-cache-hot pread of at most a few MiB is faster inline than the
-            # round trip to a worker thread.
-            return self.store.pread(digest, offset, size)
-        except ChunkIntegrityError:
-            # Evicted (by this or another process) between fetch and read: fetch again.
-            self.fetcher.forget(digest)
-            digest = await self.fetcher.ensure(entry, index)
-            return self.store.pread(digest, offset, size)
+    async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int,
+                          view: bool = False) -> bytes:
+        for _attempt in (1, 2):
+            digest = await self.fetcher.ensure(entry, index, urgent=True)
+            data = self.fetcher.read_verified(digest, offset, size, view)
+            if data is not None:
+                return data
+            try:
+                return await trio.to_thread.run_sync(self.store.pread, digest, offset, size,
+                                                     limiter=self._store_reads)
+            except ChunkIntegrityError:
+                # Evicted (by this or another process) between fetch and read: fetch again.
+                self.fetcher.forget(digest)
+        # Evicted again before we could read it (the store is far smaller than what its
+        # readers use at once): answer from a buffer of our own.
+        return await self.fetcher.read_direct(entry, index, offset, size)
 
     def fetch_in_background(self, entry: FileEntry, index: int) -> None:
         digest = entry.chunks[index]

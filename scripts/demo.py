@@ -2,7 +2,9 @@
 
 Starts the embedded S3 gateway (`mlfs serve`) on a temporary directory, uploads a small
 generated model through it, builds its manifest, mounts it lazily, loads every tensor
-with safetensors through the mount, prints timings, and unmounts.
+with safetensors through the mount, then pushes the model to the registry, promotes it
+to production and mounts it by name (`models:/demo-llm@production`), prints timings,
+and unmounts.
 
     make demo            (or: python scripts/demo.py [--keep])
 """
@@ -130,6 +132,17 @@ def main() -> None:
         stats = json.loads(subprocess.run([sys.executable, "-m", "mlfs", "status", "--json", str(mnt)], env=env,
                                           check=True, capture_output=True, text=True).stdout)
         print(f"    S3 requests made by this mount: {stats['fetch']['requests']}")
+        run("mlfs", "unmount", str(mnt), env=env)
+
+        step("the registry: push the model as a version, promote it, mount it by name")
+        run("mlfs", "push", str(work / "model"), "--name", "demo-llm", "--version", "v1", "-q", env=env)
+        run("mlfs", "models", "promote", "models:/demo-llm/1", "production", env=env)
+        run("mlfs", "models", "ls", env=env)
+        run("mlfs", "mount", "models:/demo-llm@production", str(mnt), "--cache", str(work / "gateway" / "store"),
+            env=env)
+        by_name, _ = load_all(mnt)
+        assert by_name == nbytes
+        print(f"    loaded {by_name / 1e6:.0f} MB of tensors from models:/demo-llm@production")
         run("mlfs", "unmount", str(mnt), env=env)
 
         step("timings")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlfs.fuse.mountpoints import find_mount, lazy_unmount
+from tests.daemon_logs import DAEMON_LOGS, mount_log_path
 
 # `mlfs mount` checks S3 with one HEAD of an object before mounting, which SeaweedFS
 # counts among a bucket's GET requests.
@@ -79,6 +80,7 @@ def wait_gone(pid: int, timeout: float = 30) -> None:
 def mounted(manifest: Path, mountpoint: Path, env: dict[str, str], *extra: str) -> Iterator[Path]:
     """Mount with the real CLI (daemon mode); always unmounted afterwards."""
     mountpoint.mkdir(parents=True, exist_ok=True)
+    DAEMON_LOGS.watch(mount_log_path(extra, env))
     mlfs("mount", manifest, mountpoint, *extra, env=env)
     assert find_mount(mountpoint) is not None, "mlfs mount returned 0 but nothing is mounted"
     pid = daemon_pid(mountpoint)

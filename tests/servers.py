@@ -126,7 +126,10 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
         "-s3", f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
-        f"-metricsPort={ports['metrics']}", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+        # Every bucket is a collection that takes several volumes of its own; with the
+        # count derived from free disk (-volume.max=0) a suite of many buckets runs out
+        # and PUTs fail. Volumes are sparse files, so a high cap costs nothing up front.
+        f"-metricsPort={ports['metrics']}", "-master.volumeSizeLimitMB=1024", "-volume.max=500",
         # Side services with fixed default ports would collide between parallel servers.
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
     ]

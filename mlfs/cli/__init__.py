@@ -11,8 +11,11 @@ from mlfs import __version__
 from mlfs.cli.cache import cache
 from mlfs.cli.common import run_command
 from mlfs.cli.generate import generate
+from mlfs.cli.models import datasets, lineage, models
 from mlfs.cli.mount import mount, reload, switch, unmount
 from mlfs.cli.preprocess import preprocess
+from mlfs.cli.push import push
+from mlfs.cli.registry import registry
 from mlfs.cli.rules import rules
 from mlfs.cli.serve import serve
 from mlfs.cli.status import status
@@ -34,5 +37,10 @@ main.add_command(rules)
 main.add_command(serve)
 main.add_command(preprocess)
 main.add_command(cache)
+main.add_command(push)
+main.add_command(models)
+main.add_command(datasets)
+main.add_command(lineage)
+main.add_command(registry)
 
 __all__ = ["main", "run_command"]

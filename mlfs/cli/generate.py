@@ -2,43 +2,49 @@
 
 from __future__ import annotations
 
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mlfs.cli.common import run_command, setup_logging
+from mlfs.cli.common import run_command, run_with_progress, setup_logging
 
 
-def _with_progress(total: int, quiet: bool, work, counter) -> Any:
-    """Run `work()` in a thread while a progress bar on stderr follows `counter`."""
-    result: dict[str, Any] = {}
+def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir: Path | None,
+                   from_file: Path | None, output: str | None, prefetch: tuple[str, ...],
+                   no_prefetch: bool) -> int:
+    """Refuse every bad option before any listing or hashing starts; returns the chunk size."""
+    from mlfs.config import parse_size
+    from mlfs.errors import ConfigError
+    from mlfs.manifest.validate import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+    from mlfs.s3.client import split_s3_url
 
-    def target() -> None:
-        try:
-            result["value"] = work()
-        except BaseException as exc:  # re-raised on the main thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    if quiet:
-        thread.join()
+    size = parse_size(chunk_size, "--chunk-size")
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ConfigError(f"--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes "
+                          f"(64K to 1G), not {size}")
+    if not 1 <= workers <= 256:
+        raise ConfigError(f"--workers must be between 1 and 256, not {workers}")
+    if prefetch and no_prefetch:
+        raise ConfigError("--prefetch and --no-prefetch contradict each other")
+    if from_file is not None:
+        if s3_url or local_dir:
+            raise ConfigError("--from takes no s3:// URL and no --local")
+        if not from_file.is_file():
+            raise ConfigError(f"--from {from_file}: no such file")
     else:
-        with click.progressbar(length=max(total, 1), label="hashing", file=sys.stderr, show_pos=False,
-                               show_percent=True, show_eta=True) as bar:
-            seen = 0
-            while thread.is_alive():
-                thread.join(0.2)
-                now = counter.total
-                bar.update(now - seen)
-                seen = now
-            bar.update(max(total, 1) - seen)
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+        if not s3_url:
+            raise ConfigError("give an s3://BUCKET/PREFIX/ URL (or --from FILE)")
+        split_s3_url(s3_url)
+        if local_dir is not None and not local_dir.is_dir():
+            raise ConfigError(f"--local {local_dir}: no such directory")
+    if output not in (None, "-"):
+        parent = Path(output).absolute().parent
+        if not parent.is_dir():
+            raise ConfigError(f"--output {output}: directory {parent} does not exist")
+        if Path(output).is_dir():
+            raise ConfigError(f"--output {output} is a directory")
+    return size
 
 
 @click.command()
@@ -67,34 +73,29 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
     setup_logging(verbose)
 
     def body() -> None:
-        from mlfs.config import parse_size
-        from mlfs.errors import ConfigError
         from mlfs.manifest import DEFAULT_CHUNK_SIZE
         from mlfs.manifest import generate as gen
         from mlfs.s3.client import S3Settings, make_client, split_s3_url
 
-        size = parse_size(chunk_size, "--chunk-size")
+        size = _check_options(chunk_size, workers, s3_url, local_dir, from_file, output,
+                              prefetch, no_prefetch)
         client = make_client(S3Settings(endpoint_url=endpoint_url, region=region, profile=profile,
                                         max_pool=max(10, workers + 2)))
         counter = gen.ByteCounter()
         links = []
         meta: dict[str, Any] = {}
         if from_file is not None:
-            if s3_url or local_dir:
-                raise ConfigError("--from takes no s3:// URL and no --local")
             refs, meta = gen.refs_from_artifactfs(gen.read_json_file(from_file), str(from_file))
-            files = _with_progress(sum(r.size for r in refs), quiet,
+            files = run_with_progress("hashing", sum(r.size for r in refs), quiet,
                                    lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
             default_name, default_version = meta["name"], meta["version"]
         else:
-            if not s3_url:
-                raise ConfigError("give an s3://BUCKET/PREFIX/ URL (or --from FILE)")
             bucket, prefix = split_s3_url(s3_url)
             default_name, default_version = gen.name_version_from_prefix(prefix)
             if local_dir is not None:
                 total = sum(p.stat().st_size for p in local_dir.rglob("*") if p.is_file() and not p.is_symlink()) \
                     if local_dir.is_dir() else 0
-                files, links = _with_progress(
+                files, links = run_with_progress("hashing",
                     total, quiet,
                     lambda: gen.entries_from_local(client, local_dir, bucket, prefix, size, workers, counter),
                     counter)
@@ -108,7 +109,7 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
                     files, links = known.files, known.symlinks
                 else:
                     refs = gen.refs_from_s3(client, bucket, prefix)
-                    files = _with_progress(sum(r.size for r in refs), quiet,
+                    files = run_with_progress("hashing", sum(r.size for r in refs), quiet,
                                            lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
         globs = [] if no_prefetch else (list(prefetch) or meta.get("prefetch") or None)
         manifest = gen.build_manifest(

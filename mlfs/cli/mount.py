@@ -34,7 +34,7 @@ class _MountCommand(click.Command):
 @click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
 @click.option("--region", help="S3 region [$AWS_REGION].")
 @click.option("--profile", help="AWS profile [$AWS_PROFILE].")
-@click.option("--max-threads", type=int, help="Concurrent S3 range GETs [16].")
+@click.option("--max-threads", type=int, help="Concurrent S3 range GETs [8].")
 @click.option("--read-ahead-max", type=int, help="Chunks fetched ahead of a sequential reader, also the cap for policy windows [16].")
 @click.option("--wait-prefetch", is_flag=True, default=None, help="Return only after prefetched files are local.")
 @click.option("--rules", "rules_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -132,7 +132,10 @@ def reload(mountpoint: Path) -> None:
 @click.command()
 @click.argument("mountpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("manifest")
-def switch(mountpoint: Path, manifest: str) -> None:
+@click.option("--endpoint-url", help="S3 endpoint that resolves models:/ references [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
+@click.option("--region", help="S3 region [$AWS_REGION].")
+@click.option("--profile", help="AWS profile [$AWS_PROFILE].")
+def switch(mountpoint: Path, manifest: str, endpoint_url: str | None, region: str | None, profile: str | None) -> None:
     """Serve MANIFEST at MOUNTPOINT from now on, without unmounting.
 
     Files open before the switch keep reading the old version; new opens see the new
@@ -142,7 +145,7 @@ def switch(mountpoint: Path, manifest: str) -> None:
     def body() -> None:
         from mlfs.app import switch as do_switch
 
-        answer = do_switch(mountpoint, manifest)
+        answer = do_switch(mountpoint, manifest, endpoint_url=endpoint_url, profile=profile, region=region)
         click.echo(f"mlfs: {mountpoint} now serves {answer.get('name')} {answer.get('version')}", err=True)
 
     run_command(body)

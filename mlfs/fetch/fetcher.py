@@ -1,26 +1,37 @@
-"""Fetch manifest chunks into the chunk store, verified, at most once at a time each.
+"""Fetch manifest chunks, verified, at most once at a time each.
 
-`ChunkFetcher.ensure(entry, index)` returns once chunk `index` of `entry` is in the store
-and verified against the manifest's SHA-256. Concurrent callers for one chunk share a
+`ChunkFetcher.ensure(entry, index)` returns once chunk `index` of `entry` is verified
+against the manifest's SHA-256 and readable: in one of the fetcher's verified memory
+buffers (`read_verified`) or in the store. Concurrent callers for one chunk share a
 single download (single-flight). Downloads are blocking boto3 calls in worker threads
 under a `trio.CapacityLimiter`; retries and their backoff run on the trio side, so
 deadlines and test clocks apply to them.
+
+The pipeline per chunk: the range GET lands in a pooled buffer, SHA-256 runs over it
+once, readers are answered from it, and the store is written from it behind them (see
+`ChunkStore.put_verified`); the buffer is recycled once the chunk is stored. The pool
+is bounded (`buffers` × chunk size is the fetcher's whole memory), so RSS does not grow
+with the number of readers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import logging
+import mmap
 import os
 import random
-import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import botocore.exceptions
 import trio
+import urllib3.exceptions
 
 from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
 from mlfs.manifest.model import FileEntry
@@ -29,7 +40,9 @@ from mlfs.store.chunks import ChunkStore
 
 log = logging.getLogger(__name__)
 
-_READ_BLOCK = 1 << 20
+# Room past a chunk's end in each buffer: one extra byte received shows a server
+# sending more than was asked, and the mmap stays a whole number of pages.
+_SLACK = 4096
 _RETRYABLE_CODES = {
     "InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
     "RequestTimeout", "RequestTimeTooSkewed", "503", "500", "502", "504",
@@ -39,6 +52,9 @@ _CONNECTION_ERRORS = (
     botocore.exceptions.HTTPClientError,
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.ResponseStreamingError,
+    # The body is read from urllib3's stream directly, so its errors arrive unwrapped
+    # (a reset mid-body is a ProtocolError).
+    urllib3.exceptions.HTTPError,
     ConnectionError,
     TimeoutError,
     urllib.error.URLError,
@@ -80,17 +96,35 @@ class FetchStatistics:
     integrity_failures: int = 0  # fetched bytes that did not match the manifest
     errors: dict[str, int] = field(default_factory=dict)  # failed fetches by kind
     latency: Histogram = field(default_factory=Histogram)  # seconds per chunk download
+    memory_reads: int = 0  # reads answered from a verified buffer
+    buffers: int = 0  # buffers allocated (at most the pool size)
+    buffer_waits: int = 0  # downloads that waited for a free buffer
+    unstored: int = 0  # verified chunks the store could not take (disk full)
 
     def plus(self, other: FetchStatistics) -> FetchStatistics:
+        """Sum of two mounts' statistics (a switch keeps the counters of the old tree)."""
         errors = dict(self.errors)
         for kind, n in other.errors.items():
             errors[kind] = errors.get(kind, 0) + n
-        return FetchStatistics(
-            self.requests + other.requests, self.bytes + other.bytes, self.retries + other.retries,
-            self.failures + other.failures, self.shared_waits + other.shared_waits,
-            self.in_flight + other.in_flight, self.store_hits + other.store_hits,
-            self.store_misses + other.store_misses, self.integrity_failures + other.integrity_failures,
-            errors, self.latency.plus(other.latency))
+        summed = {f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)
+                  if f.name not in ("errors", "latency")}
+        return FetchStatistics(**summed, errors=errors, latency=self.latency.plus(other.latency))
+
+
+class _Buffer:
+    """A pooled, page-aligned chunk buffer (O_DIRECT writes need the alignment)."""
+
+    __slots__ = ("mem", "view", "digest", "size", "writing", "stored", "reads")
+
+    def __init__(self, size: int) -> None:
+        # Private anonymous memory: cheaper to fault in than the shared (shmem) default.
+        self.mem = mmap.mmap(-1, size + _SLACK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.view = memoryview(self.mem)
+        self.digest = ""
+        self.size = 0
+        self.writing = False
+        self.stored = False
+        self.reads = 0
 
 
 class _Flight:
@@ -101,6 +135,10 @@ class _Flight:
         self.error: BaseException | None = None
 
 
+DEFAULT_BUFFERS = 12
+URGENT_THREADS = 2  # fetches for readers waiting now, beside max_threads for the rest
+
+
 class ChunkFetcher:
     def __init__(
         self,
@@ -109,20 +147,33 @@ class ChunkFetcher:
         chunk_size: int,
         limiter: trio.CapacityLimiter,
         retry: RetryPolicy | None = None,
+        buffers: int = DEFAULT_BUFFERS,
     ) -> None:
         self.client = client
         self.store = store
         self.chunk_size = chunk_size
         self.limiter = limiter
         self.retry = retry or RetryPolicy()
+        self.buffer_count = max(2, buffers)
         self._ready: set[str] = set()
         self._flights: dict[str, _Flight] = {}
         self._stats = FetchStatistics()
-        self._local = threading.local()
+        self._memory: OrderedDict[str, _Buffer] = OrderedDict()  # verified chunks, LRU order
+        self._free: list[_Buffer] = []
+        self._allocated = 0
+        self._buffer_freed = trio.Event()
+        self._writes: trio.Nursery | None = None
+        self._write_limiter = trio.CapacityLimiter(2)
+        self._urgent = trio.CapacityLimiter(URGENT_THREADS)
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Run store writes in `nursery`, behind the readers (without one they run inline)."""
+        if self._writes is None:
+            self._writes = nursery
 
     def is_ready(self, digest: str) -> bool:
-        """True if the chunk is known to be in the store and verified (no I/O)."""
-        return digest in self._ready
+        """True if the chunk is verified and readable now, from memory or the store (no I/O)."""
+        return digest in self._ready or digest in self._memory
 
     def is_in_flight(self, digest: str) -> bool:
         return digest in self._flights
@@ -131,15 +182,36 @@ class ChunkFetcher:
         s = self._stats
         return FetchStatistics(s.requests, s.bytes, s.retries, s.failures, s.shared_waits, len(self._flights),
                                s.store_hits, s.store_misses, s.integrity_failures, dict(s.errors),
-                               s.latency.copy())
+                               s.latency.copy(), s.memory_reads, self._allocated, s.buffer_waits, s.unstored)
 
     def _failed(self, kind: str) -> None:
         self._stats.failures += 1
         self._stats.errors[kind] = self._stats.errors.get(kind, 0) + 1
 
-    async def ensure(self, entry: FileEntry, index: int) -> str:
+    def read_verified(self, digest: str, offset: int, size: int, view: bool = False) -> bytes | memoryview | None:
+        """Bytes of a chunk held in a verified buffer, or None if it is not in memory.
+
+        With `view`, a memoryview of the buffer itself (no copy): valid only until the
+        caller next yields to trio, after which the buffer may be recycled.
+        """
+        buf = self._memory.get(digest)
+        if buf is None:
+            return None
+        self._memory.move_to_end(digest)
+        self._stats.memory_reads += 1
+        buf.reads += 1
+        piece = buf.view[offset:min(offset + size, buf.size)]
+        return piece if view else bytes(piece)
+
+    async def ensure(self, entry: FileEntry, index: int, urgent: bool = False) -> str:
+        """Make chunk `index` of `entry` readable; `urgent` for a reader waiting on it now.
+
+        Urgent fetches have threads of their own, so a read never queues behind
+        read-ahead and prefetching (a mount's first small file, a random read).
+        """
         digest = entry.chunks[index]
-        if digest in self._ready:
+        limiter = self._urgent if urgent else self.limiter
+        if digest in self._ready or digest in self._memory:
             self._stats.store_hits += 1
             return digest
         flight = self._flights.get(digest)
@@ -152,37 +224,104 @@ class ChunkFetcher:
         flight = self._flights[digest] = _Flight()
         try:
             # First use in this process: check the cached copy (cheap xxh3) or download.
-            present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=self.limiter)
+            present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=limiter)
             if present:
                 self._stats.store_hits += 1
-            else:
-                self._stats.store_misses += 1
-                started = time.monotonic()
-                await self._download(entry, index)
-                elapsed = time.monotonic() - started
-                self._stats.latency.observe(elapsed)
-                log.debug("fetched %s chunk %d in %.3fs", entry.path, index, elapsed,
-                          extra=_context(entry, index, duration=round(elapsed, 6)))
-            self._ready.add(digest)
-            return digest
+                self._ready.add(digest)
+                return digest
+            self._stats.store_misses += 1
+            buf = await self._take_buffer()
+            started = time.monotonic()
+            try:
+                await self._download(entry, index, buf, limiter)
+            except BaseException:
+                self._give_back(buf)
+                raise
+            elapsed = time.monotonic() - started
+            self._stats.latency.observe(elapsed)
+            log.debug("fetched %s chunk %d in %.3fs", entry.path, index, elapsed,
+                      extra=_context(entry, index, duration=round(elapsed, 6)))
+            buf.digest, buf.stored, buf.writing, buf.reads = digest, False, True, 0
+            self._memory[digest] = buf
         except BaseException as exc:
             flight.error = exc
             raise
         finally:
             del self._flights[digest]
             flight.done.set()
+        # Readers are served from the buffer from here on; the store write follows.
+        if self._writes is not None:
+            self._writes.start_soon(self._store, buf)
+        else:
+            await self._store(buf)
+        return digest
+
+    async def read_direct(self, entry: FileEntry, index: int, offset: int, size: int) -> bytes:
+        """Download a chunk into a pooled buffer and answer from it, whatever the store does.
+
+        For a reader whose chunk was evicted again each time it was fetched (a store far
+        smaller than its readers' working set): bounded memory, always verified bytes.
+        """
+        buf = await self._take_buffer()
+        try:
+            await self._download(entry, index, buf, self._urgent)
+            return bytes(buf.view[offset:min(offset + size, buf.size)])
+        finally:
+            self._give_back(buf)
+
+    async def _store(self, buf: _Buffer) -> None:
+        try:
+            stored = await trio.to_thread.run_sync(
+                self.store.put_verified, buf.digest, buf.mem, buf.size, limiter=self._write_limiter)
+        except OSError as exc:
+            log.error("cannot store chunk %s: %s; serving it from memory", buf.digest[:16], exc)
+            stored = False
+        buf.writing = False
+        buf.stored = stored
+        if stored:
+            self._ready.add(buf.digest)
+        else:
+            self._stats.unstored += 1
+        self._signal_freed()
+
+    async def _take_buffer(self) -> _Buffer:
+        while True:
+            if self._free:
+                return self._free.pop()
+            if self._allocated < self.buffer_count:
+                self._allocated += 1
+                return _Buffer(self.chunk_size)
+            # Recycle the least recently read chunk whose store write has finished
+            # (stored, or refused by a full disk: then it is fetched again if needed);
+            # chunks fetched ahead and not read yet go last.
+            victim = next((d for d, b in self._memory.items() if not b.writing and b.reads), None)
+            if victim is None:
+                victim = next((d for d, b in self._memory.items() if not b.writing), None)
+            if victim is not None:
+                return self._memory.pop(victim)
+            self._stats.buffer_waits += 1
+            await self._buffer_freed.wait()
+
+    def _give_back(self, buf: _Buffer) -> None:
+        self._free.append(buf)
+        self._signal_freed()
+
+    def _signal_freed(self) -> None:
+        # Waiters hold the old event; the next wait uses a fresh one.
+        self._buffer_freed.set()
+        self._buffer_freed = trio.Event()
 
     def forget(self, digest: str) -> None:
         """The chunk left the store (eviction); the next use must fetch it again."""
         self._ready.discard(digest)
 
-    async def _download(self, entry: FileEntry, index: int) -> None:
+    async def _download(self, entry: FileEntry, index: int, buf: _Buffer, limiter: trio.CapacityLimiter) -> None:
         attempt = 0
         integrity_failures = 0
         while True:
             attempt += 1
             try:
-                await trio.to_thread.run_sync(self._get_into_store, entry, index, limiter=self.limiter)
+                await trio.to_thread.run_sync(self._get_into_buffer, entry, index, buf, limiter=limiter)
                 return
             except _Retryable as exc:
                 if attempt >= self.retry.max_attempts:
@@ -193,11 +332,14 @@ class ChunkFetcher:
                 log.info("retrying %s chunk %d (attempt %d): %s", entry.path, index, attempt, exc,
                          extra=_context(entry, index, attempt=attempt))
             except ChunkIntegrityError:
-                # One retry covers corruption in transit; a second mismatch means the
-                # object itself no longer matches the manifest.
+                # With If-Match, an answer proves the object is still the manifest's
+                # version, so a mismatch is damage in transit and gets the full retry
+                # budget. Without an ETag, one retry covers transit damage; a second
+                # mismatch means the object itself no longer matches the manifest.
                 integrity_failures += 1
                 self._stats.integrity_failures += 1
-                if integrity_failures >= 2:
+                limit = self.retry.max_attempts if entry.source.etag else 2
+                if integrity_failures >= limit:
                     self._failed("integrity")
                     raise
             except ObjectChanged:
@@ -210,40 +352,31 @@ class ChunkFetcher:
             await trio.sleep(self.retry.delay(attempt))
 
     # ---------------------------------------------------------- worker thread
-    def _get_into_store(self, entry: FileEntry, index: int) -> None:
+    def _get_into_buffer(self, entry: FileEntry, index: int, buf: _Buffer) -> None:
         start, end = entry.chunk_range(index, self.chunk_size)
         digest = entry.chunks[index]
         where = f"{entry.source.describe()} bytes {start}-{end - 1}"
+        want = end - start
         self._stats.requests += 1
         try:
             body = self._open_range(entry, start, end, where)
-            buf = self._buffer()
-            readinto = _readinto_of(body)
             try:
-                with self.store.writer(digest) as writer:
-                    while n := readinto(buf):
-                        writer.write(buf[:n])
-                    if writer.size != end - start:
-                        raise _Retryable(f"{where}: got {writer.size} bytes, expected {end - start}")
-                    try:
-                        writer.commit()
-                    except ChunkIntegrityError:
-                        raise ChunkIntegrityError(
-                            f"{where}: SHA-256 mismatch (object differs from the manifest)"
-                        ) from None
-                    self._stats.bytes += writer.size
+                # One byte of room past the end shows a server sending more than asked.
+                room = buf.view if len(buf.view) > want else memoryview(bytearray(want + 1))
+                got = _readinto_of(body)(room[: want + 1])
             finally:
                 body.close()
         except _CONNECTION_ERRORS as exc:
             raise _Retryable(f"{where}: {exc}") from None
-
-    def _buffer(self) -> memoryview:
-        # One reused buffer per worker thread: fresh memory is slow to touch the first
-        # time, and a 16 MiB chunk would otherwise allocate 16 new 1 MiB blocks.
-        buf = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = memoryview(bytearray(_READ_BLOCK))
-        return buf
+        if got != want:
+            raise _Retryable(f"{where}: got {got} bytes, expected {want}")
+        if room is not buf.view:
+            buf.view[:want] = room[:want]
+        # hashlib releases the GIL over large buffers: verification runs in parallel.
+        if hashlib.sha256(buf.view[:want]).hexdigest() != digest:
+            raise ChunkIntegrityError(f"{where}: SHA-256 mismatch (object differs from the manifest)")
+        buf.size = want
+        self._stats.bytes += want
 
     def _open_range(self, entry: FileEntry, start: int, end: int, where: str) -> Any:
         src = entry.source
@@ -252,9 +385,15 @@ class ChunkFetcher:
             if src.etag:
                 kwargs["IfMatch"] = src.etag
             try:
-                return self.client.get_object(**kwargs)["Body"]
+                response = self.client.get_object(**kwargs)
             except botocore.exceptions.ClientError as exc:
                 raise _classify_client_error(exc, where) from None
+            if "ContentRange" not in response and not (start == 0 and end == entry.size):
+                # A server (or proxy) that ignores Range sends the whole object: drop it
+                # unread rather than download the object once per chunk.
+                response["Body"].close()
+                raise _Retryable(f"{where}: server ignored the range request")
+            return response["Body"]
         request = urllib.request.Request(str(src.url), headers={"Range": f"bytes={start}-{end - 1}"})
         if src.etag:
             request.add_header("If-Match", src.etag)
@@ -298,6 +437,12 @@ def _readinto_of(body: Any) -> Any:
     """`readinto` of a response body that fills the whole buffer unless at EOF."""
     raw = getattr(body, "_raw_stream", body)  # botocore StreamingBody wraps urllib3's response
     inner = getattr(raw, "readinto", None)
+    fp = getattr(raw, "_fp", None)
+    if (isinstance(fp, http.client.HTTPResponse) and not getattr(raw, "decode_content", True)
+            and not raw.headers.get("content-encoding")):
+        # urllib3's readinto reads into a new bytes object and copies it into ours (and
+        # http.client's read copies once more): receive straight into the buffer instead.
+        inner = fp.readinto
     if inner is None:
         def fallback(buf: memoryview) -> int:
             data = body.read(len(buf))

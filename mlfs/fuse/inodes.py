@@ -43,8 +43,9 @@ class InodeTable:
         self._add(Node(ROOT_INODE, b"", ROOT_INODE, stat.S_IFDIR | 0o555))
         for entry in manifest.files:
             parent = self._make_dirs(entry.path)
-            # Read-only mount: write bits never appear, whatever the manifest says.
-            mode = stat.S_IFREG | (entry.mode & 0o7555)
+            # A manifest is untrusted: write bits never appear on a read-only mount, and
+            # setuid/setgid/sticky bits are stripped (mounts are nosuid too, see session).
+            mode = stat.S_IFREG | (entry.mode & 0o555)
             self._add_child(parent, entry.path, mode, size=entry.size, entry=entry)
         for link in manifest.symlinks:
             parent = self._make_dirs(link.path)

@@ -25,6 +25,7 @@ class MountInfo:
     fstype: str
     source: str
     device: str  # "major:minor", names the mount's backing_dev_info in sysfs
+    options: frozenset[str] = frozenset()  # per-mount flags as the kernel applies them
 
     @property
     def is_mlfs(self) -> bool:
@@ -48,7 +49,8 @@ def find_mount(mountpoint: str | os.PathLike[str]) -> MountInfo | None:
                 continue
             if _unescape(parts[4]) == target:
                 # The last entry wins: it is the one stacked on top.
-                found = MountInfo(target, rparts[0], _unescape(rparts[1]), parts[2])
+                found = MountInfo(target, rparts[0], _unescape(rparts[1]), parts[2],
+                                  frozenset(parts[5].split(",")) if len(parts) > 5 else frozenset())
     return found
 
 
@@ -67,8 +69,8 @@ def mlfs_mounts() -> list[MountInfo]:
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
-    # statfs always reaches the filesystem process; a stat may be answered from the
-    # kernel's attribute cache even after that process died.
+    # statfs always reaches the daemon; stat may be answered from the kernel's attribute
+    # cache (mounts cache attributes for a day), which outlives a killed daemon.
     try:
         os.statvfs(mountpoint)
     except OSError as exc:

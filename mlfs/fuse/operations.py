@@ -81,6 +81,8 @@ class MlfsOperations(pyfuse3.Operations):
     @fuse_handler
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
+        if not parent.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
         if name == b".":
             return self._attrs(parent)
         if name == b"..":
@@ -114,10 +116,17 @@ class MlfsOperations(pyfuse3.Operations):
 
     @fuse_handler
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        # Positions 0 and 1 are "." and ".."; children follow in name order. Each
+        # entry's next_id is its position + 1, so a listing resumes where it stopped.
         node = self._node(fh)
-        for pos in range(start_id, len(node.child_order)):
-            child = self.table[node.child_order[pos]]
-            if not pyfuse3.readdir_reply(token, child.name, self._attrs(child), pos + 1):
+        entries = [(b".", node), (b"..", self._node(node.parent))]
+        for pos in range(start_id, len(node.child_order) + 2):
+            if pos < 2:
+                name, target = entries[pos]
+            else:
+                target = self.table[node.child_order[pos - 2]]
+                name = target.name
+            if not pyfuse3.readdir_reply(token, name, self._attrs(target), pos + 1):
                 break
 
     async def releasedir(self, fh: int) -> None:
@@ -156,7 +165,8 @@ class MlfsOperations(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        data = await handle.read(off, size)
+        # A view of the verified buffer: pyfuse3 replies before anything else runs.
+        data = await handle.read_for_reply(off, size)
         self._bytes_served += len(data)
         self._served_by_path[handle.entry.path] += len(data)
         return data

@@ -43,12 +43,14 @@ class SessionSettings:
     uid: int
     gid: int
     allow_other: bool = False
-    max_threads: int = 16
+    max_threads: int = 8
     read_ahead_max: int = 16
+    buffers: int = 12
     kernel_read_ahead_kib: int = 8192
     wait_prefetch: bool = False
     learn_seconds: float = 30.0
     stats_interval: float = 2.0
+    kernel_flags: tuple[str, ...] = ()  # extra mount(8) flags, e.g. noexec
 
 
 class MountSession:
@@ -81,7 +83,10 @@ class MountSession:
         self._nursery: trio.Nursery | None = None
 
     def fuse_options(self) -> set[str]:
-        opts = set(pyfuse3.default_options) | {"fsname=mlfs", "subtype=mlfs", "ro"}
+        # nosuid and nodev always, explicitly: the manifest is untrusted, and nothing in an
+        # artifact should ever gain privileges or reach a device.
+        opts = set(pyfuse3.default_options) | {"fsname=mlfs", "subtype=mlfs", "ro", "nosuid", "nodev"}
+        opts |= set(self.settings.kernel_flags)
         if self.settings.allow_other:
             opts.add("allow_other")
         return opts
@@ -103,7 +108,8 @@ class MountSession:
     async def _main(self, report_ready: Callable[[str | None], None]) -> None:
         s = self.settings
         limiter = self._limiter = trio.CapacityLimiter(s.max_threads)
-        self.fetcher = ChunkFetcher(self.client, self.store, self.manifest.chunk_size, limiter)
+        self.fetcher = ChunkFetcher(self.client, self.store, self.manifest.chunk_size, limiter,
+                                    buffers=s.buffers)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             self.reader = ArtifactReader(
@@ -146,11 +152,17 @@ class MountSession:
                 log.info("unmounted %s", s.mountpoint)
 
     async def _prefetch_at_mount(self) -> None:
-        entries = self.reader.prefetch_entries()
-        if self.policy is not None:
-            await self.policy.at_mount(self.reader)
-        if entries:
-            await self.reader.prefetch(entries)
+        # A background task of the mount: an error here must not take the mount down.
+        try:
+            entries = self.reader.prefetch_entries()
+            if self.policy is not None:
+                await self.policy.at_mount(self.reader)
+            if entries:
+                await self.reader.prefetch(entries)
+        except MlfsError as exc:
+            log.info("mount-time prefetch stopped: %s", exc)
+        except Exception:
+            log.exception("mount-time prefetch failed unexpectedly")
 
     async def _run_command(self) -> None:
         await self.command.run()
@@ -205,7 +217,7 @@ class MountSession:
             "manifest": {"name": self.manifest.name, "version": self.manifest.version},
             "cache": str(self.store.root),
             "fetch": dataclasses.asdict(fetch) if fetch else {},
-            "store": {"bytes": self.store.usage, "budget": self.store.budget},
+            "store": dataclasses.asdict(self.store.statistics()),
             "open_files": self.ops.statistics()["open_files"] if self.ops else 0,
             "files": self.ops.statistics() if self.ops else {},
             "store_stats": dataclasses.asdict(self.store.statistics()),
@@ -216,11 +228,15 @@ class MountSession:
         return doc
 
     async def _publish_statistics(self) -> None:
+        said = None
         while True:
             try:
                 write_info(self.settings.mountpoint, self.statistics())
-            except OSError as exc:
-                log.info("cannot write mount statistics: %s", exc)
+            except (OSError, MountError) as exc:
+                # Said once: the mount serves on without status/reload support.
+                if str(exc) != said:
+                    said = str(exc)
+                    log.warning("cannot publish mount statistics (status and reload will not work): %s", exc)
             await trio.sleep(self.settings.stats_interval)
 
     def _finish(self) -> None:

@@ -12,7 +12,10 @@ Modules, one concern each:
     catalog     SQLite metadata (buckets, objects, uploads, chunk references)
     objects     object bytes ⇄ chunks: writing, ranged reading, freeing chunks
     access      users, credentials file, per-bucket permissions
-    sigv4       SigV4 header and presigned-URL verification (botocore's maths)
+    sigv4       SigV4 header and presigned-URL verification (botocore's maths); what must be signed
+    sigv2       SigV2 header and query-string verification
+    limits      request caps, minimum transfer rate, cache-through bounds
+    connections ending a connection the HTTP server is stuck writing to
     chunked     `aws-chunked` body decoding with chunk-signature checks
     body        request-body streams (plain / aws-chunked) with length and hash checks
     xmlout      S3 XML response documents

@@ -7,7 +7,6 @@ raises an S3Error before anything is committed; the caller aborts the upload.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import AsyncIterator
 
@@ -16,13 +15,10 @@ import trio
 from mlfs.gateway.chunked import AwsChunkedDecoder
 from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request
+from mlfs.gateway.limits import TransferClock
 from mlfs.gateway.sigv4 import STREAMING_SIGNED, STREAMING_SIGNED_TRAILER
 
 BLOCK = 1 << 20
-# A body that stalls this long is abandoned (the upload aborts, the socket closes). It is
-# checked here, per body read, rather than by the HTTP server, whose read timeout would
-# also cut long downloads to clients that have nothing more to send.
-STALL_SECONDS = float(os.environ.get("MLFS_GATEWAY_BODY_TIMEOUT_SECONDS", "60"))
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -67,15 +63,20 @@ class RequestBody:
         """Decoded body in blocks of about BLOCK bytes; checks the total length at the end."""
         pending: list[bytes] = []
         pending_size = 0
+        # A body that stalls, or arrives slower than the minimum rate, is abandoned (the
+        # upload aborts, the socket closes). It is checked here, per body read, rather
+        # than by the HTTP server, whose read timeout would also cut long downloads.
+        clock = TransferClock(self.request.limits)
         while True:
             try:
-                with trio.fail_after(STALL_SECONDS):
+                with trio.fail_after(clock.time_left(self.request.limits.body_stall)):
                     message = await self.request.receive()
             except trio.TooSlowError:
                 raise S3Error("RequestTimeout", "Your socket connection to the server was not read from or written to within the timeout period.") from None
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             data = message.get("body", b"")
+            clock.advance(len(data))
             pieces = self._decoder.feed(data) if self._decoder else ([data] if data else [])
             for piece in pieces:
                 self.received += len(piece)

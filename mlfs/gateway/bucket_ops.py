@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from mlfs.gateway import xmlout
+from mlfs.gateway.catalog import Listing
 from mlfs.gateway.context import Gateway
 from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request, Responder
@@ -39,7 +40,8 @@ async def create_bucket(gw: Gateway, req: Request, resp: Responder) -> None:
 
 
 async def delete_bucket(gw: Gateway, req: Request, resp: Responder) -> None:
-    outcome = await gw.run(gw.objects.catalog.delete_bucket, req.bucket)
+    outcome, leftovers = await gw.run(gw.objects.catalog.delete_bucket, req.bucket)
+    await gw.run(gw.objects.free, leftovers)
     if outcome == "missing":
         raise S3Error("NoSuchBucket", "The specified bucket does not exist.", req.resource)
     if outcome == "not-empty":
@@ -79,10 +81,15 @@ async def list_objects(gw: Gateway, req: Request, resp: Responder) -> None:
         after = decode_token(token) if token is not None else (start_after or "")
     else:
         after = q.get("marker", "")
-    listing = await gw.run(gw.objects.catalog.list_objects, bucket, prefix, delimiter, after, max_keys)
+    if max_keys == 0:
+        listing = Listing()  # S3 answers an empty, untruncated page
+    else:
+        listing = await gw.run(gw.objects.catalog.list_objects, bucket, prefix, delimiter, after, max_keys)
     if v2:
         next_token = encode_token(listing.resume_after) if listing.truncated else None
-        doc = xmlout.list_objects_v2(bucket, prefix, delimiter, max_keys, listing, url, token, next_token, start_after)
+        owners = q.get("fetch-owner") == "true"
+        doc = xmlout.list_objects_v2(bucket, prefix, delimiter, max_keys, listing, url, token, next_token, start_after,
+                                     owners)
     else:
         doc = xmlout.list_objects_v1(bucket, prefix, delimiter, after, max_keys, listing, url)
     await resp.xml(doc)
@@ -90,9 +97,19 @@ async def list_objects(gw: Gateway, req: Request, resp: Responder) -> None:
 
 async def list_uploads(gw: Gateway, req: Request, resp: Responder) -> None:
     await require_bucket(gw, req.bucket)
-    prefix = req.query.get("prefix", "")
-    uploads = await gw.run(gw.objects.catalog.list_uploads, req.bucket, prefix)
-    await resp.xml(xmlout.list_uploads(req.bucket or "", prefix, uploads))
+    q = req.query
+    prefix, key_marker, id_marker = q.get("prefix", ""), q.get("key-marker", ""), q.get("upload-id-marker", "")
+    if q.get("delimiter"):
+        raise S3Error("NotImplemented", "ListMultipartUploads with a delimiter is not implemented by mlfs serve.")
+    try:
+        limit = max(0, min(MAX_KEYS, int(q.get("max-uploads", MAX_KEYS))))
+    except ValueError:
+        raise S3Error("InvalidArgument", "max-uploads must be an integer.") from None
+    if not key_marker:
+        id_marker = ""  # S3 ignores an upload-id-marker without a key-marker
+    uploads, truncated = await gw.run(gw.objects.catalog.list_uploads, req.bucket, prefix, key_marker, id_marker,
+                                      limit)
+    await resp.xml(xmlout.list_uploads(req.bucket or "", prefix, key_marker, id_marker, limit, uploads, truncated))
 
 
 async def delete_objects(gw: Gateway, req: Request, resp: Responder) -> None:

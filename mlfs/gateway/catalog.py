@@ -1,4 +1,4 @@
-"""Object metadata in SQLite (WAL): buckets, objects, multipart uploads, chunk references.
+"""Object metadata in SQLite (WAL, synchronous=FULL): buckets, objects, multipart uploads, chunk references.
 
 Every chunk a gateway object, an uploaded part or an in-flight upload uses has a row in
 `chunk_refs` (digest, owner). A chunk file may be deleted only when no row names it, so
@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS chunk_refs (
     PRIMARY KEY (digest, owner)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS chunk_refs_owner ON chunk_refs (owner);
+CREATE TABLE IF NOT EXISTS completed_uploads (
+    upload_id TEXT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    completed REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uploads_by_key ON uploads (bucket, key, upload_id);
 """
 
 _MAX_UPPER = "\U0010ffff"  # sorts after every character a key can hold
@@ -126,8 +134,11 @@ class Catalog:
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash; chunks are fsynced before rows.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # This is the only copy of the objects' metadata: a write is acknowledged only
+        # after its transaction is on disk (FULL fsyncs the WAL at every commit; NORMAL
+        # could lose the last commits on power loss). Chunks are fsynced, file and
+        # directory, before the row that refers to them is written.
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
@@ -148,17 +159,22 @@ class Catalog:
             )
             return cur.rowcount == 1
 
-    def delete_bucket(self, name: str) -> str:
-        """'ok', 'missing' or 'not-empty'."""
-        with self._lock:
+    def delete_bucket(self, name: str) -> tuple[str, list[str]]:
+        """('ok' | 'missing' | 'not-empty', digests freed by aborting the bucket's open uploads).
+
+        As in S3, open multipart uploads do not keep a bucket alive: they are aborted.
+        """
+        with self._lock, self._tx():
             if self._db.execute("SELECT 1 FROM buckets WHERE name=?", (name,)).fetchone() is None:
-                return "missing"
-            busy = self._db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (name,)).fetchone()
-            busy = busy or self._db.execute("SELECT 1 FROM uploads WHERE bucket=? LIMIT 1", (name,)).fetchone()
-            if busy:
-                return "not-empty"
+                return "missing", []
+            if self._db.execute("SELECT 1 FROM objects WHERE bucket=? LIMIT 1", (name,)).fetchone():
+                return "not-empty", []
+            digests: set[str] = set()
+            for (upload_id,) in self._db.execute("SELECT upload_id FROM uploads WHERE bucket=?", (name,)).fetchall():
+                digests.update(self._drop_upload(upload_id))
+            self._db.execute("DELETE FROM completed_uploads WHERE bucket=?", (name,))
             self._db.execute("DELETE FROM buckets WHERE name=?", (name,))
-            return "ok"
+            return "ok", sorted(digests)
 
     def buckets(self) -> list[tuple[str, float]]:
         with self._lock:
@@ -172,17 +188,23 @@ class Catalog:
             ).fetchone()
         return _object(row) if row else None
 
-    def put_object(self, rec: ObjectRecord, release_owner: str | None = None) -> list[str] | None:
+    def put_object(self, rec: ObjectRecord, release_owner: str | None = None,
+                   condition: Callable[[ObjectRecord | None], None] | None = None) -> list[str] | None:
         """Insert or replace an object; returns digests the replaced object held.
 
         `release_owner` (an upload's pending owner) hands its chunk references over to
         the object in the same transaction, so the chunks are never unowned. Returns
-        None, recording nothing, if the bucket is gone.
+        None, recording nothing, if the bucket is gone. `condition` (If-Match /
+        If-None-Match) sees the current object inside the transaction and raises to
+        refuse, so two create-only writers can never both succeed.
         """
         owner = object_owner(rec.bucket, rec.key)
         with self._lock, self._tx():
             if self._db.execute("SELECT 1 FROM buckets WHERE name=?", (rec.bucket,)).fetchone() is None:
                 return None
+            if condition is not None:
+                row = self._db.execute("SELECT * FROM objects WHERE bucket=? AND key=?", (rec.bucket, rec.key)).fetchone()
+                condition(_object(row) if row else None)
             old = [r[0] for r in self._db.execute("SELECT digest FROM chunk_refs WHERE owner=?", (owner,))]
             self._db.execute("DELETE FROM chunk_refs WHERE owner=?", (owner,))
             self._db.executemany(
@@ -294,15 +316,27 @@ class Catalog:
             return None
         return UploadRecord(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), json.loads(row[6]))
 
-    def list_uploads(self, bucket: str, prefix: str) -> list[UploadRecord]:
+    def list_uploads(self, bucket: str, prefix: str, key_marker: str, id_marker: str,
+                     limit: int) -> tuple[list[UploadRecord], bool]:
+        """Up to `limit` uploads under `prefix` after the markers (key, then upload id), and whether more exist.
+
+        Without an upload-id marker, S3 lists only keys after the key marker.
+        """
+        if not id_marker:
+            id_marker = _MAX_UPPER
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM uploads WHERE bucket=? ORDER BY key, created LIMIT 1000", (bucket,)
+                "SELECT * FROM uploads WHERE bucket=? AND key >= ? AND key < ? AND (key > ? OR (key = ? AND upload_id > ?))"
+                " ORDER BY key, upload_id LIMIT ?",
+                (bucket, prefix, prefix + _MAX_UPPER, key_marker, key_marker, id_marker, limit + 1),
             ).fetchall()
-        return [
-            UploadRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]))
-            for r in rows if r[2].startswith(prefix)
-        ]
+        uploads = [UploadRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), json.loads(r[6]))
+                   for r in rows if r[2].startswith(prefix)]
+        return uploads[:limit], len(uploads) > limit
+
+    def uploads_started_before(self, cutoff: float) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT upload_id FROM uploads WHERE created < ?", (cutoff,))]
 
     def put_part(self, upload_id: str, part: PartRecord, release_owner: str) -> list[str] | None:
         """Record a part (replacing an earlier upload of the same number).
@@ -335,18 +369,40 @@ class Catalog:
             ).fetchall()
         return [PartRecord(r[0], r[1], r[2], r[3], r[4].split()) for r in rows]
 
-    def finish_upload(self, upload_id: str) -> list[str]:
-        """Forget an upload and its parts; returns the digests its parts held."""
+    def finish_upload(self, upload_id: str, completed_etag: str | None = None) -> list[str]:
+        """Forget an upload and its parts; returns the digests its parts held.
+
+        With `completed_etag` the upload is remembered as completed, so that a client
+        repeating the completion (after a timeout, say) gets 200 as from S3.
+        """
         with self._lock, self._tx():
-            numbers = [r[0] for r in self._db.execute("SELECT number FROM parts WHERE upload_id=?", (upload_id,))]
-            digests: set[str] = set()
-            for n in numbers:
-                owner = part_owner(upload_id, n)
-                digests.update(r[0] for r in self._db.execute("SELECT digest FROM chunk_refs WHERE owner=?", (owner,)))
-                self._db.execute("DELETE FROM chunk_refs WHERE owner=?", (owner,))
-            self._db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
-            self._db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
-            return sorted(digests)
+            if completed_etag is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO completed_uploads SELECT upload_id, bucket, key, ?, ? FROM uploads"
+                    " WHERE upload_id=?", (completed_etag, time.time(), upload_id))
+            return sorted(self._drop_upload(upload_id))
+
+    def _drop_upload(self, upload_id: str) -> set[str]:
+        numbers = [r[0] for r in self._db.execute("SELECT number FROM parts WHERE upload_id=?", (upload_id,))]
+        digests: set[str] = set()
+        for n in numbers:
+            owner = part_owner(upload_id, n)
+            digests.update(r[0] for r in self._db.execute("SELECT digest FROM chunk_refs WHERE owner=?", (owner,)))
+            self._db.execute("DELETE FROM chunk_refs WHERE owner=?", (owner,))
+        self._db.execute("DELETE FROM parts WHERE upload_id=?", (upload_id,))
+        self._db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+        return digests
+
+    def completed_upload(self, upload_id: str) -> tuple[str, str, str] | None:
+        """(bucket, key, etag) of an upload completed earlier, if remembered."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT bucket, key, etag FROM completed_uploads WHERE upload_id=?", (upload_id,)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def forget_completed_before(self, cutoff: float) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM completed_uploads WHERE completed < ?", (cutoff,))
 
     # ------------------------------------------------------- chunk references
     def add_refs(self, owner: str, digests: Iterable[str]) -> None:

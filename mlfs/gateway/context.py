@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -11,6 +12,7 @@ import trio
 
 from mlfs.gateway.access import AccessPolicy
 from mlfs.gateway.catalog import ObjectRecord
+from mlfs.gateway.limits import Limits, RequestSlots
 from mlfs.gateway.objects import ObjectStore
 
 if TYPE_CHECKING:
@@ -31,10 +33,13 @@ class Service(Protocol):
 
 class Gateway:
     def __init__(self, objects: ObjectStore, policy: AccessPolicy, threads: int = 16,
-                 keepalive_seconds: float = 5.0) -> None:
+                 keepalive_seconds: float = 5.0, limits: Limits | None = None, region: str = "us-east-1") -> None:
         self.objects = objects
         self.policy = policy
         self.limiter = trio.CapacityLimiter(threads)
+        self.limits = limits or Limits()
+        self.slots = RequestSlots(self.limits)
+        self.region = region
         self.upstream: Upstream | None = None
         # Non-S3 HTTP services sharing the gateway's port and store (registry,
         # preprocessing): a request whose path starts with a service's prefix is
@@ -68,6 +73,17 @@ class Gateway:
                 await self.run(self._hash_if_current, rec)
             except Exception as exc:  # deleted or replaced while being hashed
                 log.debug("hashing s3://%s/%s skipped: %s", rec.bucket, rec.key, exc)
+
+    async def expire_uploads(self) -> None:
+        """Abort multipart uploads started longer ago than the limit, now and then periodically."""
+        expiry = self.limits.upload_expiry
+        while True:
+            for upload_id in await self.run(self.objects.catalog.uploads_started_before, time.time() - expiry):
+                leftovers = await self.run(self.objects.catalog.finish_upload, upload_id)
+                await self.run(self.objects.free, leftovers)
+                log.info("multipart upload %s expired after %.0f s", upload_id, expiry)
+            await self.run(self.objects.catalog.forget_completed_before, time.time() - expiry)
+            await trio.sleep(min(3600.0, max(0.1, expiry / 4)))
 
     def _hash_if_current(self, rec: ObjectRecord) -> None:
         current = self.objects.catalog.get_object(rec.bucket, rec.key)

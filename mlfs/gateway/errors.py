@@ -41,6 +41,7 @@ _STATUS = {
     "RequestTimeout": 400,
     "ServiceUnavailable": 503,
     "SignatureDoesNotMatch": 403,
+    "SlowDown": 503,
     "XAmzContentSHA256Mismatch": 400,
 }
 

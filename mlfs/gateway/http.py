@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from mlfs.gateway.errors import S3Error
+from mlfs.gateway.limits import Limits
 from mlfs.gateway.sigv4 import Authenticated, _query_pairs
 
 Scope = dict[str, Any]
@@ -26,6 +27,8 @@ class Request:
     receive: Any
     request_id: str = field(default_factory=lambda: secrets.token_hex(8).upper())
     auth: Authenticated | None = None
+    limits: Limits = field(default_factory=Limits)
+    client: str = ""
 
     @classmethod
     def from_scope(cls, scope: Scope, receive: Any) -> Request:
@@ -38,7 +41,8 @@ class Request:
         for k, v in _query_pairs(query_string):
             query.setdefault(k, v)
         bucket, key = split_path(raw_path)
-        return cls(scope["method"], raw_path, query_string, query, headers, bucket, key, receive)
+        client = (scope.get("client") or ("",))[0]
+        return cls(scope["method"], raw_path, query_string, query, headers, bucket, key, receive, client=client)
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name)
@@ -70,9 +74,11 @@ def http_date(ts: float) -> str:
 class Responder:
     """Sends one response; tracks whether headers went out so errors can still be reported."""
 
-    def __init__(self, send: Any, request_id: str) -> None:
+    def __init__(self, send: Any, request_id: str, scope: Scope | None = None) -> None:
         self._send = send
         self.request_id = request_id
+        # The connection's (client, server) addresses, to end it if a download stalls.
+        self.peer = (tuple((scope or {}).get("client") or ()), tuple((scope or {}).get("server") or ()))
         self.started = False
         self.status = 0
 
@@ -99,7 +105,9 @@ class Responder:
 
     async def error(self, err: S3Error, head: bool = False) -> None:
         if err.code == "NotModified":
-            await self.simple(304, [])
+            # Caches revalidate with the ETag of a 304 (RFC 9110 §15.4.5).
+            await self.start(304, getattr(err, "headers", []))
+            await self.body(b"")
             return
         body = b"" if head else err.xml(self.request_id)
         headers = [("content-type", "application/xml")]

@@ -17,7 +17,7 @@ from mlfs.gateway.context import Gateway
 from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request, http_date
 from mlfs.gateway.names import check_key
-from mlfs.gateway.objects import ObjectSink
+from mlfs.gateway.objects import ObjectSink, WriteCondition
 from mlfs.gateway.tasks import open_nursery
 from mlfs.gateway.xmlout import quote_etag
 
@@ -45,7 +45,7 @@ async def object_or_fetch(gw: Gateway, req: Request) -> ObjectRecord:
     check_key(req.key or "")
     rec = await gw.run(gw.objects.catalog.get_object, req.bucket, req.key)
     if rec is None and gw.upstream is not None:
-        rec = await gw.upstream.fetch(req.bucket or "", req.key or "")
+        rec = await gw.upstream.fetch(req.bucket or "", req.key or "", anonymous=req.auth is None)
     if rec is None:
         await require_bucket(gw, req.bucket)
         raise S3Error("NoSuchKey", "The specified key does not exist.", req.resource)
@@ -60,7 +60,11 @@ async def upload_of(gw: Gateway, req: Request) -> UploadRecord:
 
 
 async def copy_source(gw: Gateway, req: Request) -> ObjectRecord:
-    source = unquote(req.header("x-amz-copy-source") or "").split("?", 1)[0].lstrip("/")
+    # `?versionId=` is split off before decoding: a `?` inside the key arrives as %3F.
+    raw, _, version = (req.header("x-amz-copy-source") or "").partition("?")
+    if version and version not in ("versionId=null", "versionId="):
+        raise S3Error("NotImplemented", "Copying a specific version is not implemented: objects are not versioned.")
+    source = unquote(raw).lstrip("/")
     bucket, _, key = source.partition("/")
     if not bucket or not key:
         raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey.")
@@ -152,6 +156,18 @@ def object_headers(rec: ObjectRecord) -> list[tuple[str, str]]:
     return headers
 
 
+def parse_copy_range(value: str, size: int) -> tuple[int, int]:
+    """[start, end) of an `x-amz-copy-source-range`: `bytes=FIRST-LAST` inside the source."""
+    first, sep, last = value.strip().removeprefix("bytes=").partition("-")
+    try:
+        start, end = int(first), int(last) + 1
+    except ValueError:
+        start, end = -1, -1
+    if not value.strip().startswith("bytes=") or not sep or start < 0 or not start < end <= size:
+        raise S3Error("InvalidArgument", f"Range specified is not valid for source object of size: {size}")
+    return start, end
+
+
 def parse_range(value: str | None, size: int) -> tuple[int, int] | None:
     """[start, end) for a single `bytes=` range; None to send the whole object."""
     if not value:
@@ -185,6 +201,33 @@ def _unsatisfiable(size: int) -> S3Error:
     return err
 
 
+def write_condition(req: Request) -> WriteCondition | None:
+    """If-Match / If-None-Match on a write, as a check of the object the write would replace.
+
+    `If-None-Match: *` makes a create-only write; `If-Match: ETAG` a compare-and-swap.
+    """
+    if_match, if_none = req.header("if-match"), req.header("if-none-match")
+    if if_match is None and if_none is None:
+        return None
+
+    def check(current: ObjectRecord | None) -> None:
+        if if_match is not None:
+            if current is None:
+                raise S3Error("NoSuchKey", "The specified key does not exist.", req.resource)
+            if not _etag_matches(if_match, current.etag):
+                raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+        if if_none is not None and current is not None and _etag_matches(if_none, current.etag):
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
+
+    return check
+
+
+async def check_write_condition(gw: Gateway, req: Request, condition: WriteCondition | None) -> None:
+    """Refuse early (before the body is received) a write whose condition fails already."""
+    if condition is not None:
+        condition(await gw.run(gw.objects.catalog.get_object, req.bucket, req.key))
+
+
 def check_conditions(req: Request, rec: ObjectRecord) -> None:
     if_match, if_none = req.header("if-match"), req.header("if-none-match")
     modified = int(rec.modified)
@@ -195,11 +238,17 @@ def check_conditions(req: Request, rec: ObjectRecord) -> None:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold")
     if if_none is not None:
         if _etag_matches(if_none, rec.etag):
-            raise S3Error("NotModified")
+            raise _not_modified(rec)
         return
     since = _http_time(req.header("if-modified-since"))
     if since is not None and modified <= since:
-        raise S3Error("NotModified")
+        raise _not_modified(rec)
+
+
+def _not_modified(rec: ObjectRecord) -> S3Error:
+    err = S3Error("NotModified")
+    err.headers = [("etag", quote_etag(rec.etag)), ("last-modified", http_date(rec.modified))]  # type: ignore[attr-defined]
+    return err
 
 
 def _etag_matches(header: str, etag: str) -> bool:
@@ -222,6 +271,8 @@ def check_content_md5(req: Request, md5_digest: bytes) -> None:
         want = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.") from None
+    if len(want) != 16:  # not an MD5 at all: S3 says InvalidDigest, not BadDigest
+        raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.")
     if want != md5_digest:
         raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.")
 

@@ -17,10 +17,11 @@ from mlfs.gateway.errors import S3Error
 from mlfs.gateway.http import Request, Responder
 from mlfs.gateway.inputs import (
     check_content_md5,
+    check_write_condition,
     child_text,
     children,
     copy_source,
-    parse_range,
+    parse_copy_range,
     parse_tag_header,
     parse_xml,
     part_number,
@@ -29,6 +30,7 @@ from mlfs.gateway.inputs import (
     small_body,
     stored_headers,
     upload_of,
+    write_condition,
 )
 from mlfs.gateway.names import check_key
 from mlfs.gateway.objects import CHUNK_SIZE, READ_BLOCK, ObjectSink
@@ -75,11 +77,9 @@ async def upload_part(gw: Gateway, req: Request, resp: Responder) -> None:
 async def _upload_part_copy(gw: Gateway, req: Request, resp: Responder, upload: UploadRecord, number: int) -> None:
     src = await copy_source(gw, req)
     start, end = 0, src.size
-    if req.header("x-amz-copy-source-range"):
-        wanted = parse_range(req.header("x-amz-copy-source-range"), src.size)
-        if wanted is None:
-            raise S3Error("InvalidArgument", "The x-amz-copy-source-range value is not valid.")
-        start, end = wanted
+    copy_range = req.header("x-amz-copy-source-range")
+    if copy_range:
+        start, end = parse_copy_range(copy_range, src.size)
     await small_body(req)
     sink = gw.objects.sink(want_sha256=False)
     reader = gw.objects.reader(src)
@@ -110,7 +110,16 @@ async def _record_part(gw: Gateway, upload: UploadRecord, part: PartRecord, sink
 
 
 async def complete_upload(gw: Gateway, req: Request, resp: Responder) -> None:
-    upload = await upload_of(gw, req)
+    try:
+        upload = await upload_of(gw, req)
+    except S3Error:
+        doc = await _repeated_completion(gw, req)
+        if doc is None:
+            raise
+        await resp.xml(doc)
+        return
+    condition = write_condition(req)
+    await check_write_condition(gw, req, condition)
     root = parse_xml(await small_body(req))
     requested: list[tuple[int, str]] = []
     for part in children(root, "Part"):
@@ -121,8 +130,11 @@ async def complete_upload(gw: Gateway, req: Request, resp: Responder) -> None:
     if not requested:
         raise S3Error("MalformedXML", "The XML you provided lists no parts.")
     numbers = [n for n, _ in requested]
-    if numbers != sorted(set(numbers)):
+    if numbers != sorted(numbers):
         raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order.")
+    # A part number listed twice (a client that re-sent a part) is one part, as in S3:
+    # the last entry for it is the one checked.
+    requested = list(dict(requested).items())
     stored = {p.number: p for p in await gw.run(gw.objects.catalog.parts, upload.upload_id)}
     parts = []
     for n, etag in requested:
@@ -142,15 +154,15 @@ async def complete_upload(gw: Gateway, req: Request, resp: Responder) -> None:
                            upload.metadata, upload.tags, time.time(), CHUNK_SIZE, chunks)
         try:
             if sink is not None:
-                await gw.run(gw.objects.commit_object, sink, rec)
+                await gw.run(gw.objects.commit_object, sink, rec, condition)
             else:
-                await gw.run(gw.objects.copy_object, rec)
+                await gw.run(gw.objects.copy_object, rec, condition)
         except BaseException:
             if sink is not None:
                 with trio.CancelScope(shield=True):
                     await gw.run(sink.abort)
             raise
-        leftovers = await gw.run(gw.objects.catalog.finish_upload, upload.upload_id)
+        leftovers = await gw.run(gw.objects.catalog.finish_upload, upload.upload_id, etag)
         await gw.run(gw.objects.free, leftovers)
         if sha256 is None:
             gw.hash_later(rec)
@@ -178,6 +190,18 @@ async def complete_upload(gw: Gateway, req: Request, resp: Responder) -> None:
         await resp.body(doc.encode())
     else:
         await resp.xml(doc)
+
+
+async def _repeated_completion(gw: Gateway, req: Request) -> str | None:
+    """The answer to a completion repeated after it succeeded (SDKs retry after timeouts)."""
+    done = await gw.run(gw.objects.catalog.completed_upload, req.query.get("uploadId", ""))
+    if done is None or done[:2] != (req.bucket, req.key):
+        return None
+    current = await gw.run(gw.objects.catalog.get_object, req.bucket, req.key)
+    if current is None or current.etag != done[2]:
+        return None  # replaced or deleted since: the completion's object is gone
+    await small_body(req)
+    return xmlout.complete_upload(f"/{req.bucket}/{req.key}", req.bucket or "", req.key or "", done[2])
 
 
 class _KeepAlive:

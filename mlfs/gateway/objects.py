@@ -36,9 +36,16 @@ from mlfs.store.chunks import ChunkStore, ChunkWriter
 
 log = logging.getLogger(__name__)
 
+# Raises S3Error (PreconditionFailed, NoSuchKey) to refuse a write, given the current object.
+WriteCondition = Callable[[ObjectRecord | None], None]
+
 CHUNK_SIZE = DEFAULT_CHUNK_SIZE
 READ_BLOCK = 4 << 20
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
+
+
+class ObjectReplaced(Exception):
+    """An object being read was deleted or overwritten; its old chunks are gone."""
 
 
 class ObjectStore:
@@ -70,13 +77,13 @@ class ObjectStore:
     def sink(self, want_sha256: bool = True, want_md5: bool = True) -> ObjectSink:
         return ObjectSink(self, want_sha256, want_md5)
 
-    def commit_object(self, sink: ObjectSink, rec: ObjectRecord) -> None:
+    def commit_object(self, sink: ObjectSink, rec: ObjectRecord, condition: WriteCondition | None = None) -> None:
         try:
             self.check_write(rec.bucket, rec.key)
+            old = self.catalog.put_object(rec, release_owner=sink.owner, condition=condition)
         except S3Error:
             sink.abort()
             raise
-        old = self.catalog.put_object(rec, release_owner=sink.owner)
         if old is None:
             sink.abort()
             raise S3Error("NoSuchBucket", "The specified bucket does not exist.", rec.bucket)
@@ -84,7 +91,7 @@ class ObjectStore:
         self.free(old)
         self._written(rec.bucket, rec.key, rec)
 
-    def copy_object(self, rec: ObjectRecord) -> None:
+    def copy_object(self, rec: ObjectRecord, condition: WriteCondition | None = None) -> None:
         """Record `rec`, whose chunks belong to an existing object, as a new object."""
         self.check_write(rec.bucket, rec.key)
         with self._gc_lock:
@@ -93,7 +100,7 @@ class ObjectStore:
             missing = [d for d in rec.chunks if not self.store.path(d).exists()]
             if missing:
                 raise S3Error("NoSuchKey", "The source object was deleted during the copy.")
-            old = self.catalog.put_object(rec)
+            old = self.catalog.put_object(rec, condition=condition)
         if old is None:
             raise S3Error("NoSuchBucket", "The specified bucket does not exist.", rec.bucket)
         self.free(old)
@@ -198,8 +205,21 @@ class ObjectStore:
         # Uploads cut short by a crash left "pending" references: free those chunks.
         for owner in self.catalog.pending_owners():
             self.free(self.catalog.drop_owner(owner))
-        # Temp files of writers that died; live processes sharing the store keep theirs.
-        self.store.clean_dead_writers()
+        self._collect_orphans()
+
+    def _collect_orphans(self) -> None:
+        # A crash between a chunk's rename and the row recording it (or a lost commit)
+        # leaves chunk files nothing refers to: without this they would stay forever.
+        # Runs before the gateway accepts requests, so no upload is between those steps.
+        referenced = set(self.catalog.all_referenced())
+        removed = 0
+        for sub in self.store.chunk_dir.iterdir():
+            for f in sub.iterdir():
+                if len(f.name) == 64 and f.name not in referenced:
+                    self.store.discard(f.name)
+                    removed += 1
+        if removed:
+            log.info("removed %d chunk files no object, part or upload refers to", removed)
 
 
 class ObjectSink:
@@ -294,17 +314,26 @@ class ObjectReader:
             os.close(self._fd)
             self._fd = None
 
+    def _raise_unless_replaced(self) -> None:
+        # A delete or overwrite frees the old chunks at once, so a download that started
+        # before it cannot finish: that is the object changing, not data damage.
+        current = self.objects.catalog.get_object(self.rec.bucket, self.rec.key)
+        if current is None or current.chunks != self.rec.chunks:
+            raise ObjectReplaced(f"s3://{self.rec.bucket}/{self.rec.key} was deleted or overwritten mid-download")
+
     def _open(self, digest: str) -> int:
         if digest == self._digest and self._fd is not None:
             return self._fd
         self.close()
         store = self.objects.store
         if not store.ensure_verified(digest):
+            self._raise_unless_replaced()
             log.error("chunk %s of s3://%s/%s is missing or corrupt", digest, self.rec.bucket, self.rec.key)
             raise S3Error("InternalError", "Stored object data is damaged.")
         try:
             self._fd = os.open(store.path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
+            self._raise_unless_replaced()
             raise S3Error("InternalError", "Stored object data is missing.") from None
         self._digest = digest
         return self._fd

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from mlfs.errors import ConfigError
 from mlfs.gateway.access import AccessPolicy
 from mlfs.gateway.app import GatewayApp
 from mlfs.gateway.context import Gateway
+from mlfs.gateway.limits import Limits
 from mlfs.gateway.objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -47,12 +49,15 @@ class GatewayConfig:
     # Gateway before it listens, to add HTTP services (gw.services) and write hooks
     # (gw.objects.write_guards / write_listeners).
     extensions: list[Callable[[Gateway], None]] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    region: str = "us-east-1"  # the only region a signature's credential scope may name
     # Wrappers of the ASGI app (request metrics), applied in order before serving.
     middleware: list[Callable[[Any], Any]] = field(default_factory=list)
 
 
 def serve_forever(config: GatewayConfig) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    _raise_open_file_limit(config.limits.max_requests)
     lock = _lock_data_dir(config.data_dir)
     try:
         objects = ObjectStore(config.data_dir)
@@ -65,7 +70,8 @@ def serve_forever(config: GatewayConfig) -> None:
 
 
 async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
-    gw = Gateway(objects, config.policy, threads=config.threads, keepalive_seconds=config.complete_keepalive)
+    gw = Gateway(objects, config.policy, threads=config.threads, keepalive_seconds=config.complete_keepalive,
+                 limits=config.limits, region=config.region)
     if config.upstream:
         from mlfs.gateway.upstream import Upstream
 
@@ -93,6 +99,7 @@ async def _main(config: GatewayConfig, objects: ObjectStore) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_wait_for_signal, stop)
         nursery.start_soon(gw.hash_worker)
+        nursery.start_soon(gw.expire_uploads)
         binds = await nursery.start(_serve_until_stopped, app, hc, stop, nursery.cancel_scope)
         for bind in binds:
             log.info("mlfs gateway listening on %s (data in %s)", bind, config.data_dir)
@@ -115,6 +122,18 @@ async def _wait_for_signal(stop: trio.Event) -> None:
             log.info("mlfs gateway stopping")
             stop.set()
             return
+
+
+def _raise_open_file_limit(max_requests: int) -> None:
+    # Each request in flight holds a socket and may hold a chunk file and a temp file;
+    # the usual soft limit of 1024 would run out before the request cap does.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * max_requests + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.info("open-file limit %d is below the %d that --max-requests %d may need", new, want, max_requests)
 
 
 def _lock_data_dir(data_dir: Path) -> int:

@@ -1,8 +1,15 @@
-"""SigV4 verification (Authorization header and presigned URLs).
+"""Request authentication: SigV4 (Authorization header and presigned URLs), and SigV2.
 
 The canonical request is rebuilt from what arrived on the wire; the string-to-sign,
 the signing-key derivation and the HMAC come from botocore's `SigV4Auth`, the same
 code clients sign with. Signatures are compared in constant time.
+
+As S3 does, every `x-amz-*` header the request carries (and `content-md5` and
+`content-type`, for header auth) must be covered by the signature: otherwise a header
+added after signing (say `x-amz-copy-source`) would change what a signed request does.
+The credential scope must name the gateway's region. SigV2 (`Authorization: AWS
+KEY:SIG` and `?AWSAccessKeyId=&Signature=&Expires=`, what boto3 presigns by default for
+a custom endpoint) is verified in `sigv2`.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import hmac
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_tz
@@ -29,6 +37,10 @@ STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
 MAX_SKEW = 15 * 60
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
+DEFAULT_REGION = "us-east-1"
+_HEX_SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+# Presigned URLs cannot know the body; content-type/-md5 then need no signature (as in S3).
+_SIGNED_IF_PRESENT = ("content-md5", "content-type")
 
 
 @dataclass
@@ -49,7 +61,7 @@ class Signer:
 class Authenticated:
     user: User
     payload_hash: str  # x-amz-content-sha256 as signed: hex, UNSIGNED-PAYLOAD or STREAMING-*
-    signer: Signer
+    signer: Signer | None  # None for SigV2, which has no aws-chunked signing
 
 
 def authenticate(
@@ -59,15 +71,30 @@ def authenticate(
     query_string: bytes,
     headers: dict[str, list[str]],
     now: float | None = None,
+    region: str = DEFAULT_REGION,
+    content_headers_signed: bool = False,
 ) -> Authenticated | None:
-    """The verified caller, or None for an anonymous request. Raises S3Error on a bad signature."""
+    """The verified caller, or None for an anonymous request. Raises S3Error on a bad signature.
+
+    `content_headers_signed` (the S3 API: the content type is stored with the object)
+    also requires Content-Type and Content-MD5, when sent, to be signed.
+    """
     now = time.time() if now is None else now
     authorization = _first(headers, "authorization")
     pairs = _query_pairs(query_string)
     query = dict(pairs)
+    presigned = False
+    if authorization is not None and authorization.startswith("AWS "):
+        from mlfs.gateway.sigv2 import verify_header
+
+        return verify_header(policy, method, raw_path, pairs, headers, authorization, now)
+    if authorization is None and "AWSAccessKeyId" in query and "Signature" in query:
+        from mlfs.gateway.sigv2 import verify_query
+
+        return verify_query(policy, method, raw_path, pairs, headers, now)
     if authorization is not None:
         if not authorization.startswith("AWS4-HMAC-SHA256 "):
-            raise S3Error("InvalidRequest", "Only AWS Signature Version 4 (AWS4-HMAC-SHA256) is supported.")
+            raise S3Error("InvalidRequest", "Unsupported authorization type: use AWS4-HMAC-SHA256 or AWS (SigV2).")
         fields = _auth_fields(authorization[len("AWS4-HMAC-SHA256 "):])
         credential, signed, signature = fields["Credential"], fields["SignedHeaders"], fields["Signature"]
         amz_date = _first(headers, "x-amz-date") or _http_date_to_amz(_first(headers, "date"))
@@ -87,7 +114,8 @@ def authenticate(
         except (KeyError, ValueError):
             raise S3Error("AuthorizationQueryParametersError", "Presigned URL is missing a required X-Amz-* parameter.") from None
         if not 0 < expires <= MAX_PRESIGN_EXPIRES:
-            raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires must be between 1 and 604800 seconds.")
+            # S3 answers 403 here, not 400 (checked against S3's own answers).
+            raise S3Error("AccessDenied", "X-Amz-Expires must be between 1 and 604800 seconds.")
         signed_at = _parse_amz_date(amz_date)
         if now > signed_at + expires:
             raise S3Error("AccessDenied", "Request has expired")
@@ -95,18 +123,25 @@ def authenticate(
             raise S3Error("AccessDenied", "Request is not valid yet")
         payload = _first(headers, "x-amz-content-sha256") or UNSIGNED_PAYLOAD
         canonical_pairs = [(k, v) for k, v in pairs if k != "X-Amz-Signature"]
+        presigned = True
     else:
         return None
 
-    access_key, date, region, service, terminator = _credential(credential)
+    malformed = "AuthorizationQueryParametersError" if presigned else "AuthorizationHeaderMalformed"
+    access_key, date, scope_region, service, terminator = _credential(credential)
     if date != amz_date[:8] or service != "s3" or terminator != "aws4_request":
-        raise S3Error("AuthorizationHeaderMalformed", "The credential scope does not match the request date or service.")
+        raise S3Error(malformed, "The credential scope does not match the request date or service.")
+    if scope_region != region:
+        raise S3Error(malformed, f"The authorization region '{_printable(scope_region)}' is wrong; expecting '{region}'.")
+    if not _HEX_SIGNATURE.match(signature):
+        raise S3Error("SignatureDoesNotMatch", "The request signature is not 64 lowercase hex digits.")
     user = policy.user(access_key)
     if user is None:
         raise S3Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
     signed_names = signed.split(";")
     if "host" not in signed_names:
         raise S3Error("AccessDenied", "The host header must be signed.")
+    check_signed_headers(headers, set(signed_names), presigned, content_headers_signed and not presigned)
     canonical_headers = "".join(
         f"{name}:{','.join(' '.join(v.split()) for v in headers.get(name, []))}\n" for name in signed_names
     )
@@ -125,6 +160,21 @@ def authenticate(
         "SignatureDoesNotMatch",
         "The request signature we calculated does not match the signature you provided. Check your key and signing method.",
     )
+
+
+def check_signed_headers(headers: dict[str, list[str]], signed: set[str], presigned: bool,
+                         content_headers: bool) -> None:
+    """Refuse a request carrying an x-amz-* (or content-md5/-type) header the signature does not cover."""
+    for name in headers:
+        must = name.startswith("x-amz-") or (content_headers and name in _SIGNED_IF_PRESENT)
+        if name == "x-amz-content-sha256" and presigned:
+            must = False  # part of the canonical request as the payload hash
+        if must and name not in signed:
+            raise S3Error("AccessDenied", f"There were headers present in the request which were not signed: {name}")
+
+
+def _printable(value: str) -> str:
+    return value.encode("ascii", "backslashreplace").decode()[:64]
 
 
 def _canonical_uris(raw_path: bytes) -> list[str]:

@@ -5,6 +5,11 @@ misses there fetches `PREFIX + key` from the upstream S3 (boto3 in a worker thre
 this process runs trio, so no second event loop), stores it as a normal gateway object
 (chunks, MD5, SHA-256) and serves it; later reads are local. Listings show what is
 cached. Concurrent misses on one key share one download.
+
+Misses run under their own limiter (`Limits.upstream_fetches`), not the worker threads
+that serve local requests, and fetch at most `Limits.upstream_max_size` bytes. An
+anonymous caller never waits for a fetch slot: when all are busy it gets 503 SlowDown,
+so unauthenticated traffic cannot queue up downloads.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from typing import Any
 
 import trio
+from botocore.exceptions import BotoCoreError
 
 from mlfs.errors import MlfsError
 from mlfs.gateway.catalog import ObjectRecord
@@ -37,13 +43,15 @@ class Upstream:
         self.bucket, self.prefix = split_s3_url(url)
         self._client: Any = None
         self._inflight: dict[str, trio.Event] = {}
+        self._fetches = trio.CapacityLimiter(gw.limits.upstream_fetches)
+        self.max_size = gw.limits.upstream_max_size
 
     def client(self) -> Any:
         if self._client is None:
             self._client = make_client(S3Settings())
         return self._client
 
-    async def fetch(self, bucket: str, key: str) -> ObjectRecord | None:
+    async def fetch(self, bucket: str, key: str, anonymous: bool = False) -> ObjectRecord | None:
         """The object after fetching it from upstream, or None if upstream has no such key."""
         if bucket != self.bucket:
             return None
@@ -52,9 +60,11 @@ class Upstream:
             rec = await self.gw.run(self.gw.objects.catalog.get_object, bucket, key)
             if rec is not None:
                 return rec
+        if anonymous and self._fetches.available_tokens == 0:
+            raise S3Error("SlowDown", "Please reduce your request rate.")
         done = self._inflight[key] = trio.Event()
         try:
-            return await self.gw.run(self._download, key)
+            return await trio.to_thread.run_sync(self._download, key, limiter=self._fetches)
         finally:
             del self._inflight[key]
             done.set()
@@ -67,15 +77,22 @@ class Upstream:
             code = getattr(exc, "response", {}).get("Error", {}).get("Code")
             if code in ("NoSuchKey", "404", "NotFound"):
                 return None
-            if isinstance(exc, MlfsError) or code:
+            if isinstance(exc, MlfsError | BotoCoreError) or code:
                 log.error("upstream GET s3://%s/%s%s failed: %s", self.bucket, self.prefix, key, exc)
             else:
                 log.exception("upstream GET s3://%s/%s%s failed", self.bucket, self.prefix, key)
             raise S3Error("ServiceUnavailable", "The upstream object store could not be reached.") from None
+        if response["ContentLength"] > self.max_size:
+            response["Body"].close()
+            log.info("upstream s3://%s/%s%s is %d bytes, over the %d-byte cache-through limit",
+                     self.bucket, self.prefix, key, response["ContentLength"], self.max_size)
+            raise S3Error("EntityTooLarge", "The upstream object is larger than this gateway caches.")
         sink = self.gw.objects.sink()
         try:
             body = response["Body"]
             while block := body.read(READ_BLOCK):
+                if sink.size + len(block) > self.max_size:
+                    raise S3Error("ServiceUnavailable", "The upstream object is longer than it said.")
                 sink.write(block)
             sink.finish()
             if sink.size != response["ContentLength"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -9,6 +10,7 @@ from xml.sax.saxutils import escape
 from mlfs.gateway.catalog import Listing, ObjectRecord, PartRecord, UploadRecord
 
 NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
 OWNER = "<Owner><ID>mlfs</ID><DisplayName>mlfs</DisplayName></Owner>"
 
 
@@ -20,7 +22,14 @@ def text(tag: str, value: object, url_encode: bool = False) -> str:
     value = str(value)
     if url_encode:
         value = quote(value, safe="/")
-    return f"<{tag}>{escape(value)}</{tag}>"
+    return f"<{tag}>{escape(_xml_chars(value))}</{tag}>"
+
+
+def _xml_chars(value: str) -> str:
+    # Query values echoed back (prefix, marker, delimiter) may hold characters XML 1.0
+    # cannot carry at all, not even as references; they are shown percent-encoded so
+    # the document stays parseable. Keys cannot hold them (names.check_key).
+    return "".join(f"%{ord(c):02X}" if _NOT_XML.match(c) else c for c in value) if _NOT_XML.search(value) else value
 
 
 def list_buckets(buckets: list[tuple[str, float]]) -> str:
@@ -30,11 +39,11 @@ def list_buckets(buckets: list[tuple[str, float]]) -> str:
     return f"<ListAllMyBucketsResult {NS}>{OWNER}<Buckets>{items}</Buckets></ListAllMyBucketsResult>"
 
 
-def _contents(rec: ObjectRecord, url: bool) -> str:
+def _contents(rec: ObjectRecord, url: bool, owner: bool = True) -> str:
     return (
         f"<Contents>{text('Key', rec.key, url)}{text('LastModified', iso(rec.modified))}"
         f"{text('ETag', quote_etag(rec.etag))}{text('Size', rec.size)}"
-        f"<StorageClass>STANDARD</StorageClass>{OWNER}</Contents>"
+        f"<StorageClass>STANDARD</StorageClass>{OWNER if owner else ''}</Contents>"
     )
 
 
@@ -44,7 +53,7 @@ def _prefixes(listing: Listing, url: bool) -> str:
 
 def list_objects_v2(
     bucket: str, prefix: str, delimiter: str, max_keys: int, listing: Listing, url: bool,
-    continuation: str | None, next_token: str | None, start_after: str | None,
+    continuation: str | None, next_token: str | None, start_after: str | None, owners: bool = False,
 ) -> str:
     parts = [
         f"<ListBucketResult {NS}>", text("Name", bucket), text("Prefix", prefix, url),
@@ -61,7 +70,8 @@ def list_objects_v2(
         parts.append(text("NextContinuationToken", next_token))
     if start_after is not None:
         parts.append(text("StartAfter", start_after, url))
-    parts += [_contents(r, url) for r in listing.objects]
+    # V2 lists owners only when asked to (fetch-owner=true).
+    parts += [_contents(r, url, owners) for r in listing.objects]
     parts.append(_prefixes(listing, url))
     parts.append("</ListBucketResult>")
     return "".join(parts)
@@ -70,8 +80,10 @@ def list_objects_v2(
 def list_objects_v1(
     bucket: str, prefix: str, delimiter: str, marker: str, max_keys: int, listing: Listing, url: bool,
 ) -> str:
+    # V1 never URL-encodes its top-level Prefix, even with encoding-type=url (S3 does
+    # not, and botocore, which always asks for url encoding, does not decode it).
     parts = [
-        f"<ListBucketResult {NS}>", text("Name", bucket), text("Prefix", prefix, url),
+        f"<ListBucketResult {NS}>", text("Name", bucket), text("Prefix", prefix),
         text("Marker", marker, url), text("MaxKeys", max_keys),
     ]
     if delimiter:
@@ -125,17 +137,21 @@ def list_parts(
     )
 
 
-def list_uploads(bucket: str, prefix: str, uploads: list[UploadRecord]) -> str:
+def list_uploads(bucket: str, prefix: str, key_marker: str, id_marker: str, limit: int,
+                 uploads: list[UploadRecord], truncated: bool) -> str:
     items = "".join(
         f"<Upload>{text('Key', u.key)}{text('UploadId', u.upload_id)}"
         f"{OWNER.replace('Owner', 'Initiator')}{OWNER}<StorageClass>STANDARD</StorageClass>"
         f"{text('Initiated', iso(u.created))}</Upload>"
         for u in uploads
     )
+    following = ""
+    if truncated and uploads:
+        following = text("NextKeyMarker", uploads[-1].key) + text("NextUploadIdMarker", uploads[-1].upload_id)
     return (
-        f"<ListMultipartUploadsResult {NS}>{text('Bucket', bucket)}<KeyMarker></KeyMarker>"
-        f"<UploadIdMarker></UploadIdMarker>{text('Prefix', prefix)}<MaxUploads>1000</MaxUploads>"
-        f"<IsTruncated>false</IsTruncated>{items}</ListMultipartUploadsResult>"
+        f"<ListMultipartUploadsResult {NS}>{text('Bucket', bucket)}{text('KeyMarker', key_marker)}"
+        f"{text('UploadIdMarker', id_marker)}{following}{text('Prefix', prefix)}{text('MaxUploads', limit)}"
+        f"{text('IsTruncated', 'true' if truncated else 'false')}{items}</ListMultipartUploadsResult>"
     )
 
 

@@ -93,14 +93,15 @@ def name_version_from_prefix(prefix: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------- S3
 def list_prefix(client: Any, bucket: str, prefix: str) -> list[tuple[str, int, str]]:
-    """(key, size, etag) of every object under the prefix, directory markers skipped."""
+    """(key, size, etag) of every object under the prefix, directory markers and .mlfs/ skipped."""
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     out = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                if obj["Key"].endswith("/"):
+                # Directory markers, and manifests under .mlfs/ directories, are no files of it.
+                if obj["Key"].endswith("/") or ".mlfs" in obj["Key"][len(prefix):].split("/")[:-1]:
                     continue
                 out.append((obj["Key"], int(obj["Size"]), obj.get("ETag", "")))
     except botocore.exceptions.ClientError as exc:
@@ -258,6 +259,8 @@ def read_json_file(path: Path) -> Any:
         raise ManifestError(f"{path}: no such file") from None
     except ValueError as exc:
         raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: JSON nested too deeply") from None
 
 
 def build_manifest(

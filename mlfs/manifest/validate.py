@@ -52,6 +52,8 @@ def parse_manifest(doc: bytes | str | dict[str, Any], origin: str = "manifest") 
             doc = json.loads(doc)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ManifestError(f"{origin}: not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ManifestError(f"{origin}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{origin}: top level must be a JSON object")
     return _Parser(origin).manifest(doc)
@@ -122,8 +124,7 @@ class _Parser:
         files = [self.file(i, f, chunk_size) for i, f in enumerate(files_doc)]
         links = [self.symlink(i, s) for i, s in enumerate(links_doc)]
         self.check_tree([f.path for f in files] + [s.path for s in links])
-        for link in links:
-            self.check_link_target(link)
+        _LinkResolver(links, self.fail).check_all()
         prefetch = doc.get("prefetch", [])
         if not isinstance(prefetch, list) or not all(isinstance(p, str) for p in prefetch):
             raise self.fail("'prefetch' must be a list of glob strings")
@@ -243,14 +244,62 @@ class _Parser:
                     raise self.fail(f"path {p!r} needs {parent!r} to be a directory, but it is a file")
                 parent = posixpath.dirname(parent)
 
-    def check_link_target(self, link: Symlink) -> None:
-        # Targets must stay inside the mount: a manifest should not be able to point
-        # readers at arbitrary host paths.
-        if link.target.startswith("/"):
-            raise self.fail(f"symlink {link.path!r}: absolute target {link.target!r} is not allowed")
-        joined = posixpath.normpath(posixpath.join(posixpath.dirname(link.path), link.target))
-        if joined == ".." or joined.startswith("../"):
-            raise self.fail(f"symlink {link.path!r}: target {link.target!r} escapes the mount")
+
+
+MAX_LINK_HOPS = 40  # as the kernel's MAXSYMLINKS
+
+
+class _LinkResolver:
+    """Resolve every symlink target the way the kernel will: component by component,
+    through the tree's own links, refusing any that leaves the mount.
+
+    A lexical check is not enough: with `a/b/s -> ../..`, the target
+    `s/../../../etc/passwd` of `a/b/p` looks like it stays inside, but the kernel applies
+    the `..` after `s` to where `s` leads (the mount root), and walks out of the mount.
+    """
+
+    def __init__(self, links: list[Symlink], fail: Any) -> None:
+        self.links = {link.path: link.target for link in links}
+        self.fail = fail
+        self.resolved: dict[str, list[str]] = {}
+        self.active: set[str] = set()
+
+    def check_all(self) -> None:
+        for path, target in self.links.items():
+            if target.startswith("/"):
+                raise self.fail(f"symlink {path!r}: absolute target {target!r} is not allowed")
+        for path in self.links:
+            self.resolve_link(path, path)
+
+    def resolve_link(self, path: str, origin: str) -> list[str]:
+        done = self.resolved.get(path)
+        if done is not None:
+            return done
+        if path in self.active or len(self.active) >= MAX_LINK_HOPS:
+            raise self.fail(f"symlink {origin!r}: target {self.links[origin]!r} loops or passes through more than {MAX_LINK_HOPS} symlinks")
+        self.active.add(path)
+        try:
+            where = self.walk(path.split("/")[:-1], self.links[path], origin)
+        finally:
+            self.active.discard(path)
+        self.resolved[path] = where
+        return where
+
+    def walk(self, start: list[str], target: str, origin: str) -> list[str]:
+        where = list(start)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not where:
+                    raise self.fail(f"symlink {origin!r}: target {self.links[origin]!r} escapes the mount")
+                where.pop()
+                continue
+            where.append(part)
+            joined = "/".join(where)
+            if joined in self.links:
+                where = list(self.resolve_link(joined, origin))
+        return where
 
 
 def _is_int(value: Any) -> bool:

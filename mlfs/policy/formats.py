@@ -93,29 +93,39 @@ def _looks_like_safetensors(head: bytes) -> bool:
     return 2 <= n <= MAX_SAFETENSORS_HEADER and head[8:9] == b"{"
 
 
-def safetensors_header_length(first8: bytes) -> int:
-    """Bytes to read from the start of a safetensors file to have its whole header (8 + N)."""
+def safetensors_header_length(first8: bytes, file_size: int | None = None) -> int:
+    """Bytes to read from the start of a safetensors file to have its whole header (8 + N).
+
+    With `file_size`, a header claiming to be longer than the file is refused: the caller
+    would otherwise read (and fetch) past what the manifest says exists.
+    """
     if len(first8) < 8:
         raise FormatError("safetensors: need the first 8 bytes to know the header length")
     (n,) = struct.unpack("<Q", first8[:8])
     if n > MAX_SAFETENSORS_HEADER:
         raise FormatError(f"safetensors: header length {n} is implausibly large")
+    if file_size is not None and 8 + n > file_size:
+        raise FormatError(f"safetensors: header length {n} runs past the end of the {file_size}-byte file")
     return 8 + n
 
 
-def safetensors_tensor_ranges(header_bytes: bytes) -> list[tuple[int, int]]:
+def safetensors_tensor_ranges(header_bytes: bytes, file_size: int | None = None) -> list[tuple[int, int]]:
     """Absolute [start, end) byte ranges of every tensor, in file order.
 
     `header_bytes` is the file's first 8 + N bytes (more is fine). Prefetching in file
     order lets a loader that walks tensors in order find each one already fetched.
+    The header is untrusted: with `file_size`, a tensor reaching past the end of the
+    file is refused, so nothing built from the ranges can outgrow the file.
     """
-    total = safetensors_header_length(header_bytes)
+    total = safetensors_header_length(header_bytes, file_size)
     if len(header_bytes) < total:
         raise FormatError(f"safetensors: header needs {total} bytes, got {len(header_bytes)}")
     try:
         header = json.loads(header_bytes[8:total])
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"safetensors: header is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FormatError("safetensors: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise FormatError("safetensors: header must be a JSON object")
     ranges = []
@@ -128,7 +138,12 @@ def safetensors_tensor_ranges(header_bytes: bytes) -> list[tuple[int, int]]:
             or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]
         ):
-            raise FormatError(f"safetensors: tensor {name!r} has invalid data_offsets")
+            raise FormatError(f"safetensors: tensor {name[:80]!r} has invalid data_offsets")
+        if file_size is not None and total + offsets[1] > file_size:
+            raise FormatError(
+                f"safetensors: tensor {name[:80]!r} ends at byte {total + offsets[1]}, "
+                f"past the end of the {file_size}-byte file"
+            )
         ranges.append((total + offsets[0], total + offsets[1]))
     ranges.sort()
     return ranges

@@ -61,11 +61,42 @@ def compose_text(text: bytes | str, report: Report) -> yaml.Node | None:
         report.problems.append(Problem(report.file, line, f"bad YAML: {what}"))
         return None
     except yaml.YAMLError as exc:  # e.g. undecodable bytes: no mark to offer
-        report.add(None, f"bad YAML: {exc}")
+        report.add(None, f"bad YAML: {' '.join(str(exc).split())}")
+        return None
+    except RecursionError:
+        report.add(None, "bad YAML: nested too deeply")
         return None
     if node is None:
         report.add(None, "empty file; expected a mapping with 'rules' and/or 'use'")
-    return node
+        return None
+    return node if _scalars_construct(node, report) else None
+
+
+def _scalars_construct(root: yaml.Node, report: Report) -> bool:
+    """Every scalar must build as safe_load would build it: a tag safe_load refuses
+    (`!!python/object:...`) or a value its resolver misreads (a timestamp with month 13)
+    is a problem at its line, found here once instead of raised wherever it is read."""
+    ok = True
+    stack = [root]
+    seen: set[int] = set()  # aliases may make the node graph cyclic ("a: &x [*x]")
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                scalar(node)
+            except (yaml.YAMLError, ValueError, OverflowError) as exc:
+                problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+                report.add(node, f"bad value {node.value[:40]!r}: {problem}")
+                ok = False
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.extend((key, value))
+    return ok
 
 
 def describe(node: yaml.Node) -> str:

@@ -127,7 +127,8 @@ class PreprocessService:
         await resp.simple(status, [("content-type", "application/json")], payload)
 
     def _authenticate(self, req: Request, body: bytes) -> User:
-        auth = authenticate(self.gw.policy, req.method, req.raw_path, req.query_string, req.headers)
+        auth = authenticate(self.gw.policy, req.method, req.raw_path, req.query_string, req.headers,
+                            region=self.gw.region)
         if auth is None:
             raise ApiError(403, "the preprocessing API needs SigV4-signed requests")
         if auth.payload_hash not in (UNSIGNED_PAYLOAD, hashlib.sha256(body).hexdigest()):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import botocore.config
+import botocore.session
 
 from mlfs.errors import ConfigError
 
@@ -29,6 +29,9 @@ class S3Settings:
     # Mounts retry whole chunk fetches themselves (also on resets mid-body, which
     # botocore cannot retry), so their client makes one attempt per call.
     own_retries: bool = False
+    # boto3's managed transfers (upload_file, copy) for bulk uploads such as `mlfs push`;
+    # everything else uses the plain botocore client, which starts faster.
+    transfers: bool = False
 
 
 def make_client(settings: S3Settings) -> Any:
@@ -50,16 +53,19 @@ def make_client(settings: S3Settings) -> Any:
         response_checksum_validation="when_required",
         request_checksum_calculation="when_required",
     )
+    # botocore's session, not boto3's: the same client (credential chain, profiles,
+    # endpoints) without importing boto3's transfer manager, a second of a mount's start-up.
     try:
-        session = boto3.session.Session(profile_name=settings.profile)
+        session = botocore.session.Session(profile=settings.profile)
+        region = settings.region or session.get_config_variable("region") or "us-east-1"
+        if settings.transfers:
+            import boto3
+
+            return boto3.session.Session(botocore_session=session).client(
+                "s3", endpoint_url=endpoint or None, region_name=region, config=config)
+        return session.create_client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
     except Exception as exc:  # botocore raises ProfileNotFound and friends
         raise ConfigError(f"AWS configuration: {exc}") from None
-    return session.client(
-        "s3",
-        endpoint_url=endpoint or None,
-        region_name=settings.region or session.region_name or "us-east-1",
-        config=config,
-    )
 
 
 def split_s3_url(url: str) -> tuple[str, str]:

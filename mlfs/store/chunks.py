@@ -1,11 +1,26 @@
 """Content-addressed chunk store: one directory, each chunk a file named by its SHA-256.
 
-Writers stream into a private temp file, hash as they go, fsync, and rename into place
-only when the digest matches; readers therefore never see a partial or unverified
-chunk, and any number of processes can share one store without a daemon.
+Writers stream into a private temp file, hash as they go, and rename into place only
+when the digest matches; readers therefore never see a partial or unverified chunk,
+and any number of processes (mounts, the gateway) share one store without a daemon.
 
-Disk corruption is caught cheaply: each chunk carries its xxh3-128 in an extended
-attribute, checked the first time a process uses the chunk (falling back to a SHA-256
+Sharing is safe because every decision that spans processes lives in the file system:
+
+- **Usage** is one counter in `usage`, changed under an `flock` together with the
+  rename or unlink it accounts for; every process checks its budget against it, so a
+  budget holds for the store, not per process. Eviction re-counts it from the files.
+- **Pins** are hard links under `pins/OWNER/`: a chunk file with more than one link is
+  pinned by someone and is never evicted. A process's pins live in a directory named by
+  its PID and start time and are removed once that process is gone; the gateway's pins
+  (`pins/authoritative/`) persist, because its chunks are the only copy of its objects.
+- **Chunks being read** hold a shared `flock` on their descriptor; the evictor takes
+  the exclusive lock without waiting and skips a chunk it cannot lock.
+- **Descriptors** are reference-counted: eviction of a chunk never closes a descriptor
+  a read still uses (a reused descriptor number would return another chunk's bytes).
+
+Disk corruption is caught cheaply: each chunk carries its SHA-256 name and xxh3-128 in an
+extended attribute (the name too, so a chunk file moved or copied under another chunk's
+name is caught as well as damaged bytes), checked the first time a process uses the chunk (falling back to a SHA-256
 re-hash where xattrs are unsupported). A chunk that fails is moved to `quarantine/`
 and reported missing, so the caller fetches it again.
 """
@@ -14,13 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import shutil
+import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +53,15 @@ _XATTR = "user.mlfs.xxh3"
 _TEMP_MAX_AGE = 3600.0  # temp files older than this belong to dead writers
 _TOUCH_INTERVAL = 60.0  # refresh a chunk's LRU timestamp at most this often
 _MIN_FREE_FRACTION = 0.05  # without a budget, keep this much of the filesystem free
-_OPEN_FDS = 128
-# A store holding the only copy of its data (the gateway's) carries this marker; no
-# process ever evicts from it, whatever budget it was opened with.
+_IDLE_FDS = 32  # descriptors kept open after their last read (no lock held while idle)
+_DIRECT_ALIGN = 4096
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# A store holding the only copy of its data (the gateway's) carries this marker. Its
+# owner's pins persist in pins/authoritative/; until that directory is complete (the
+# owner pinned everything it references), no process evicts anything from the store.
 AUTHORITATIVE_MARKER = "AUTHORITATIVE"
+_AUTHORITATIVE_PINS = "authoritative"
+_PINS_COMPLETE = ".complete"
 
 
 @dataclass
@@ -48,6 +72,21 @@ class StoreStatistics:
     pinned: int
     evicted_chunks: int
     quarantined_chunks: int
+    skipped_in_use: int = 0  # eviction candidates left alone because a read held them
+    skipped_pinned: int = 0  # eviction candidates left alone because some process pinned them
+    store_full: int = 0  # chunks that could not be stored (ENOSPC) and were served from memory
+    open_descriptors: int = 0
+
+
+class _Handle:
+    """An open chunk file; closed only once retired and no read uses it any more."""
+
+    __slots__ = ("fd", "refs", "retired")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 0
+        self.retired = False
 
 
 class ChunkStore:
@@ -58,32 +97,54 @@ class ChunkStore:
         self.chunk_dir = self.root / "chunks"
         self.tmp_dir = self.root / "tmp"
         self.quarantine_dir = self.root / "quarantine"
+        self.pins_dir = self.root / "pins"
         try:
-            for d in (self.chunk_dir, self.tmp_dir, self.quarantine_dir):
+            for d in (self.chunk_dir, self.tmp_dir, self.quarantine_dir, self.pins_dir):
                 d.mkdir(parents=True, exist_ok=True)
+            self._usage_fd = os.open(self.root / "usage", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise StoreError(f"cache directory {self.root}: {exc.strerror}") from None
         if not os.access(self.root, os.W_OK):
             raise StoreError(f"cache directory {self.root}: not writable")
         self._lock = threading.Lock()
+        self._shared_lock = threading.Lock()  # flock excludes processes, this excludes threads
         self._verified: set[str] = set()
         self._touched: dict[str, float] = {}
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._handles: dict[str, _Handle] = {}
+        self._idle: OrderedDict[str, _Handle] = OrderedDict()
         self._pinned: set[str] = set()
         self._evicted = 0
         self._quarantined = 0
+        self._skipped_in_use = 0
+        self._skipped_pinned = 0
+        self._store_full = 0
+        self._full_logged = False
         self._xattrs = True
-        self._clean_stale_temps()
-        self._usage = self._scan_usage()
+        self._direct = True
         self.authoritative = (self.root / AUTHORITATIVE_MARKER).exists()
+        self._owns_data = False  # set by mark_authoritative: this process is the data's owner
+        self._owner_name: str | None = None  # pins/ directory of this process (see _owner)
+        self._clean_stale_temps()
+        self.clean_dead_writers()
+        self._clean_dead_pins()
+        with self._exclusive():
+            self._write_usage(self._scan_usage())
         if self.authoritative and budget is not None:
-            log.info("%s holds authoritative data (an mlfs gateway's); its budget is not enforced", self.root)
+            log.info("%s holds authoritative data (an mlfs gateway's): only chunks it does not pin are evicted",
+                     self.root)
 
     def mark_authoritative(self) -> None:
-        """Declare this store the only copy of its chunks: never evict from it."""
+        """Declare this process the owner of the only copy of the chunks it pins.
+
+        Its pins persist across restarts. Until its first `pin()` call (which must name
+        every chunk it references) completes them, nothing is evicted from the store.
+        """
         (self.root / AUTHORITATIVE_MARKER).write_text(
-            "This chunk store holds the only copy of an mlfs gateway's objects: never evicted.\n")
+            "This chunk store holds the only copy of an mlfs gateway's objects: chunks the\n"
+            "gateway pins (pins/authoritative/) are never evicted.\n")
         self.authoritative = True
+        self._owns_data = True
+        self._owner_name = _AUTHORITATIVE_PINS
 
     # ------------------------------------------------------------------ paths
     def path(self, digest: str) -> Path:
@@ -91,8 +152,8 @@ class ChunkStore:
 
     @property
     def usage(self) -> int:
-        """Bytes of chunks in the store (as this process accounts them)."""
-        return self._usage
+        """Bytes of chunks in the store, as all processes sharing it account them."""
+        return self._read_usage()
 
     def contains(self, digest: str) -> bool:
         return self.path(digest).exists()
@@ -117,9 +178,19 @@ class ChunkStore:
 
     def pread(self, digest: str, offset: int, size: int) -> bytes:
         """Bytes of a verified chunk. Call `ensure_verified` first (the fetcher does)."""
-        fd = self._fd(digest)
+        with self.reading(digest) as fd:
+            data = os.pread(fd, size, offset)
         self._touch(digest)
-        return os.pread(fd, size, offset)
+        return data
+
+    @contextlib.contextmanager
+    def reading(self, digest: str) -> Iterator[int]:
+        """A descriptor of the chunk, valid (and the chunk unevictable) inside the block."""
+        handle = self._acquire(digest)
+        try:
+            yield handle.fd
+        finally:
+            self._release(digest, handle)
 
     def read_all(self, digest: str) -> bytes:
         if not self.ensure_verified(digest):
@@ -135,28 +206,152 @@ class ChunkStore:
             w.write(data)
             return w.commit()
 
+    def put_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int) -> bool:
+        """Store a chunk whose SHA-256 the caller has already checked against `digest`.
+
+        Writes straight from the caller's buffer (`O_DIRECT` where the file system takes
+        it: the bytes do not pass through the page cache a second time), without fsync:
+        a chunk cut short by a crash fails its xxh3 check on first use and is fetched
+        again. On ENOSPC the store evicts and tries once more; if the disk is still full
+        it returns False (the caller serves the chunk from memory) and logs once.
+        """
+        if self.contains(digest):
+            return True
+        for attempt in (1, 2):
+            try:
+                self._write_verified(digest, data, size)
+                return True
+            except OSError as exc:
+                if exc.errno not in _FULL:
+                    raise
+                if attempt == 1:
+                    self.evict_for_space(max(size, 1))
+        with self._lock:
+            self._store_full += 1
+            first = not self._full_logged
+            self._full_logged = True
+        if first:
+            log.warning("chunk store %s is full even after eviction: serving verified chunks from memory "
+                        "without storing them (logged once)", self.root)
+        return False
+
+    def _write_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int) -> None:
+        tmp = self.tmp_dir / _temp_name()
+        view = memoryview(data)[:size]
+        try:
+            # O_DIRECT needs a page-aligned buffer: the fetcher's pooled buffers are mmaps.
+            fd = self._open_direct(tmp, isinstance(data, mmap.mmap))
+            try:
+                aligned = size - size % _DIRECT_ALIGN if fd.direct else 0
+                done = 0
+                try:
+                    while done < aligned:
+                        done += os.write(fd.fd, view[done:aligned])
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._direct = False  # opened with O_DIRECT but refuses such writes
+                if done < size:
+                    if fd.direct:
+                        fcntl.fcntl(fd.fd, fcntl.F_SETFL, fcntl.fcntl(fd.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                    while done < size:
+                        done += os.write(fd.fd, view[done:size])
+                if self._xattrs:
+                    try:
+                        os.setxattr(fd.fd, _XATTR, f"{digest}:{xxhash.xxh3_128_hexdigest(view)}".encode())
+                    except OSError as exc:
+                        if exc.errno in _FULL:
+                            raise
+                        self._xattrs = False
+            finally:
+                os.close(fd.fd)
+            self._publish(tmp, digest, size)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    class _Open:
+        __slots__ = ("fd", "direct")
+
+        def __init__(self, fd: int, direct: bool) -> None:
+            self.fd, self.direct = fd, direct
+
+    def _open_direct(self, tmp: Path, aligned: bool) -> ChunkStore._Open:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if self._direct and aligned:
+            try:
+                return self._Open(os.open(tmp, flags | os.O_DIRECT, 0o644), True)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # tmpfs and some others refuse O_DIRECT
+                    raise
+                self._direct = False
+        return self._Open(os.open(tmp, flags, 0o644), False)
+
+    def _publish(self, tmp: Path, digest: str, size: int, durable: bool = False) -> None:
+        """Rename a complete temp file into place, pinning it first if its owner asked.
+
+        `durable` (writers that fsynced the file: the gateway's only copy of its data)
+        also fsyncs the directories, so a chunk whose object row is committed survives
+        a power loss; a cache's chunk can always be fetched again and skips that cost.
+        """
+        final = self.path(digest)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            if durable:
+                _fsync_dir(final.parent.parent)
+        if self._owns_data or digest in self._pinned:
+            self._link_pin(tmp, digest)
+        with self._exclusive():
+            existed = final.exists()
+            os.replace(tmp, final)
+            if not existed:
+                self._write_usage(self._read_usage() + size)
+        if durable:
+            _fsync_dir(final.parent)
+        with self._lock:
+            self._verified.add(digest)
+        if not existed:
+            self.evict_if_needed()
+
     # ------------------------------------------------------------ lifecycle
     def pin(self, digests: set[str] | list[str]) -> None:
+        """Keep chunks whatever the budget, for every process sharing the store.
+
+        Chunks not in the store yet are pinned when they arrive.
+        """
+        digests = list(digests)
         with self._lock:
             self._pinned.update(digests)
+        for digest in digests:
+            self._pin_present(digest)
+        if self._owns_data:
+            (self._pin_dir() / _PINS_COMPLETE).touch()
 
     def unpin(self, digests: set[str] | list[str]) -> None:
+        digests = list(digests)
         with self._lock:
             self._pinned.difference_update(digests)
+        pin_dir = self._pin_dir(create=False)
+        for digest in digests:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pin_dir / digest)
 
     def discard(self, digest: str) -> None:
         """Delete a chunk nothing needs any more (the owner of the data decides that)."""
-        try:
-            size = self.path(digest).stat().st_size
-            self.path(digest).unlink()
-        except FileNotFoundError:
-            return
-        self._dropped(digest, size)
         self.unpin([digest])
+        with self._exclusive():
+            try:
+                size = self.path(digest).stat().st_size
+                self.path(digest).unlink()
+            except FileNotFoundError:
+                return
+            self._write_usage(self._read_usage() - size)
+        self._dropped(digest)
 
     def demote(self, digest: str) -> None:
         """Make a chunk the first candidate for eviction (drop-behind, `cache: none`)."""
-        if self.authoritative:
+        if self._owns_data:
             return
         self._touched[digest] = time.monotonic()
         with contextlib.suppress(FileNotFoundError):
@@ -168,63 +363,119 @@ class ChunkStore:
     def quarantine(self, digest: str, why: str) -> None:
         src = self.path(digest)
         dst = self.quarantine_dir / f"{digest}.{int(time.time() * 1000)}"
-        try:
-            os.replace(src, dst)
-        except FileNotFoundError:
-            return
-        self._dropped(digest, dst.stat().st_size)
+        with self._exclusive():
+            try:
+                os.replace(src, dst)
+            except FileNotFoundError:
+                return
+            self._write_usage(self._read_usage() - dst.stat().st_size)
+        self._dropped(digest)
         with self._lock:
             self._quarantined += 1
         log.warning("chunk %s quarantined: %s", digest, why)
 
     def evict_if_needed(self) -> None:
-        """Delete least recently used, unpinned chunks until the store fits its budget."""
-        if self.authoritative:
+        """Delete least recently used chunks nobody uses or pins until the store fits its budget."""
+        if self.budget is None:
+            du = shutil.disk_usage(self.root)
+            need = int(du.total * _MIN_FREE_FRACTION) - du.free
+        else:
+            if self._read_usage() <= self.budget:
+                return
+            need = None
+        if need is not None and need <= 0:
             return
-        excess = self._excess()
-        if excess <= 0:
-            return
-        entries = []
-        for sub in self.chunk_dir.iterdir():
-            for f in sub.iterdir():
-                try:
-                    st = f.stat()
-                except FileNotFoundError:
+        self._evict(need)
+
+    def evict_for_space(self, need: int) -> None:
+        """Free at least `need` bytes if anything can go (the disk is full), budget or not."""
+        self._evict(need)
+
+    def _evict(self, need: int | None) -> None:
+        """Evict until `need` bytes are freed, or (None) until usage fits the budget."""
+        if self.authoritative and not (self.pins_dir / _AUTHORITATIVE_PINS / _PINS_COMPLETE).exists():
+            return  # the owner has not said which chunks are its data yet
+        self._clean_dead_pins()
+        with self._exclusive():
+            entries = []
+            total = 0
+            for sub in self.chunk_dir.iterdir():
+                for f in sub.iterdir():
+                    try:
+                        st = f.stat()
+                    except FileNotFoundError:
+                        continue
+                    total += st.st_size
+                    entries.append((st.st_mtime, f.name, st.st_size, st.st_nlink, f))
+            entries.sort()
+            target = total - need if need is not None else self.budget
+            assert target is not None
+            for _mtime, digest, size, nlink, f in entries:
+                if total <= target:
+                    break
+                if nlink > 1 or digest in self._pinned:
+                    self._skipped_pinned += 1
                     continue
-                entries.append((st.st_mtime, f.name, st.st_size, f))
-        entries.sort()
-        with self._lock:
-            pinned = set(self._pinned)
-        for _mtime, digest, size, f in entries:
-            if excess <= 0:
-                break
-            if digest in pinned:
-                continue
+                if self._unlink_unused(digest, f):
+                    total -= size
+                    self._evicted += 1
+            self._write_usage(total)
+
+    def _unlink_unused(self, digest: str, f: Path) -> bool:
+        """Unlink a chunk file unless a read (in any process) holds it or it was just pinned."""
+        self._retire_idle(digest)
+        try:
+            fd = os.open(f, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
             try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._skipped_in_use += 1
+                return False
+            st = os.fstat(fd)
+            if st.st_nlink > 1:
+                self._skipped_pinned += 1
+                return False
+            try:
+                if os.stat(f).st_ino != st.st_ino:
+                    return False  # replaced since we opened it
                 f.unlink()
             except FileNotFoundError:
-                continue
-            self._dropped(digest, size)
-            with self._lock:
-                self._evicted += 1
-            excess -= size
+                return False
+        finally:
+            os.close(fd)
+        self._dropped(digest)
+        return True
 
     def statistics(self) -> StoreStatistics:
+        chunks = sum(1 for sub in self.chunk_dir.iterdir() for _ in sub.iterdir())
+        usage = self._read_usage()
         with self._lock:
             return StoreStatistics(
-                chunks=sum(1 for sub in self.chunk_dir.iterdir() for _ in sub.iterdir()),
-                bytes=self._usage,
+                chunks=chunks,
+                bytes=usage,
                 budget=self.budget,
                 pinned=len(self._pinned),
                 evicted_chunks=self._evicted,
                 quarantined_chunks=self._quarantined,
+                skipped_in_use=self._skipped_in_use,
+                skipped_pinned=self._skipped_pinned,
+                store_full=self._store_full,
+                open_descriptors=len(self._handles),
             )
 
     def close(self) -> None:
         with self._lock:
-            fds, self._fds = list(self._fds.values()), OrderedDict()
-        for fd in fds:
-            os.close(fd)
+            handles, self._handles, self._idle = list(self._handles.values()), {}, OrderedDict()
+        for h in handles:
+            if h.refs == 0:
+                os.close(h.fd)
+            else:
+                h.retired = True  # the last read closes it
+        if self._owner != _AUTHORITATIVE_PINS:
+            shutil.rmtree(self.pins_dir / self._owner, ignore_errors=True)
 
     # -------------------------------------------------------------- internals
     def _check(self, p: Path, digest: str) -> bool:
@@ -238,28 +489,67 @@ class ChunkStore:
                     self._xattrs = False
                 want = None
             if want is not None:
-                return _file_digest(p, xxhash.xxh3_128) == want
+                # "<sha256>:<xxh3>": the checksum is only worth trusting for this name.
+                # Anything else (a bare xxh3 of an older store) falls back to SHA-256.
+                named, _, xxh = want.partition(":")
+                if xxh:
+                    return named == digest and _file_digest(p, xxhash.xxh3_128) == xxh
         return _file_digest(p, hashlib.sha256) == digest
 
-    def _fd(self, digest: str) -> int:
+    def _acquire(self, digest: str) -> _Handle:
         with self._lock:
-            fd = self._fds.get(digest)
-            if fd is not None:
-                self._fds.move_to_end(digest)
-                return fd
+            h = self._handles.get(digest)
+            if h is not None:
+                self._idle.pop(digest, None)
+                h.refs += 1
+                if h.refs == 1:
+                    _lock_shared(h.fd)
+                return h
         try:
             fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ChunkIntegrityError(f"chunk {digest[:16]}… vanished from the store") from None
         with self._lock:
-            old = self._fds.pop(digest, None)
-            self._fds[digest] = fd
-            victims = []
-            while len(self._fds) > _OPEN_FDS:
-                victims.append(self._fds.popitem(last=False)[1])
-        for v in victims + ([old] if old is not None else []):
-            os.close(v)
-        return fd
+            h = self._handles.get(digest)
+            if h is None:
+                h = self._handles[digest] = _Handle(fd)
+            else:
+                os.close(fd)  # another thread opened it meanwhile
+                self._idle.pop(digest, None)
+            h.refs += 1
+            if h.refs == 1:
+                _lock_shared(h.fd)
+            return h
+
+    def _release(self, digest: str, h: _Handle) -> None:
+        close = []
+        with self._lock:
+            h.refs -= 1
+            if h.refs:
+                return
+            if h.retired:
+                close.append(h.fd)
+            else:
+                fcntl.flock(h.fd, fcntl.LOCK_UN)
+                self._idle[digest] = h
+                while len(self._idle) > _IDLE_FDS:
+                    old_digest, old = self._idle.popitem(last=False)
+                    del self._handles[old_digest]
+                    close.append(old.fd)
+        for fd in close:
+            os.close(fd)
+
+    def _retire_idle(self, digest: str) -> None:
+        """Close this process's idle descriptor of a chunk (a busy one closes after its read)."""
+        with self._lock:
+            h = self._handles.pop(digest, None)
+            if h is None:
+                return
+            self._idle.pop(digest, None)
+            if h.refs:
+                h.retired = True
+                return
+        os.close(h.fd)
 
     def _touch(self, digest: str) -> None:
         # The LRU order is the chunk file's mtime, so it is shared by every process.
@@ -270,24 +560,28 @@ class ChunkStore:
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.path(digest))
 
-    def _dropped(self, digest: str, size: int) -> None:
+    def _dropped(self, digest: str) -> None:
         """Bookkeeping after a chunk file left the chunk directory."""
         with self._lock:
             self._verified.discard(digest)
-            fd = self._fds.pop(digest, None)
-        if fd is not None:
-            os.close(fd)
-        self._account(-size)
+        self._retire_idle(digest)
 
-    def _account(self, delta: int) -> None:
-        with self._lock:
-            self._usage = max(0, self._usage + delta)
+    # ---- shared accounting
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._shared_lock:
+            fcntl.flock(self._usage_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._usage_fd, fcntl.LOCK_UN)
 
-    def _excess(self) -> int:
-        if self.budget is not None:
-            return self._usage - self.budget
-        du = shutil.disk_usage(self.root)
-        return int(du.total * _MIN_FREE_FRACTION) - du.free
+    def _read_usage(self) -> int:
+        raw = os.pread(self._usage_fd, 8, 0)
+        return struct.unpack("<q", raw)[0] if len(raw) == 8 else 0
+
+    def _write_usage(self, value: int) -> None:
+        os.pwrite(self._usage_fd, struct.pack("<q", max(0, value)), 0)
 
     def _scan_usage(self) -> int:
         total = 0
@@ -297,16 +591,71 @@ class ChunkStore:
                     total += f.stat().st_size
         return total
 
+    # ---- pins
+    @property
+    def _owner(self) -> str:
+        # Named when first needed, not at construction: a mount opens its store before
+        # it daemonises, and the pins must belong to the process that stays.
+        if self._owner_name is None or (self._owner_name != _AUTHORITATIVE_PINS
+                                        and not self._owner_name.startswith(f"{os.getpid()}-")):
+            self._owner_name = f"{os.getpid()}-{_start_time(os.getpid())}"
+        return self._owner_name
+
+    def _pin_dir(self, create: bool = True) -> Path:
+        d = self.pins_dir / self._owner
+        if create:
+            d.mkdir(exist_ok=True)
+        return d
+
+    def _link_pin(self, src: Path, digest: str) -> None:
+        pin = self._pin_dir() / digest
+        try:
+            os.link(src, pin)
+        except FileExistsError:
+            # A link to an older copy (quarantined, or evicted after a crash): re-point it.
+            if os.stat(pin).st_ino != os.stat(src).st_ino:
+                spare = pin.with_name(f"{digest}.{os.getpid()}.{threading.get_ident()}")
+                os.link(src, spare)
+                os.replace(spare, pin)
+
+    def _pin_present(self, digest: str) -> None:
+        # Under a shared lock, so an evictor (which locks exclusively, then checks the
+        # link count) either sees our link or has already unlinked the chunk.
+        try:
+            fd = os.open(self.path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # pinned when it arrives
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            if os.fstat(fd).st_nlink > 0 and self.path(digest).exists():
+                self._link_pin(self.path(digest), digest)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _clean_dead_pins(self) -> None:
+        """Drop the pins of processes that have ended (their PID and start time no longer match)."""
+        for d in self.pins_dir.iterdir():
+            pid, _, start = d.name.partition("-")
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            if _start_time(int(pid)) != start:
+                shutil.rmtree(d, ignore_errors=True)
+
     def clean_dead_writers(self) -> None:
         """Remove temp files whose writing process has died, whatever their age.
 
-        For a store's owner at start-up (the gateway): only this module knows that temp
-        names begin with the writer's PID. Processes in another PID namespace look dead
-        from here, so callers must own the store.
+        Runs when a store is opened: a mount or gateway killed mid-write leaves its temp
+        file behind. Temp names carry the writer's PID and PID namespace; a file from
+        another namespace (a container sharing the store) is left to the age-based sweep,
+        because its PID means nothing here.
         """
         for f in self.tmp_dir.iterdir():
-            pid = f.name.split(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            pid, _, rest = f.name.partition("@")
+            namespace = rest.split(".", 1)[0]
+            if (pid.isdigit() and namespace == _PID_NAMESPACE and int(pid) != os.getpid()
+                    and not _process_alive(int(pid))):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
 
@@ -324,7 +673,8 @@ class ChunkWriter:
     """Streams one chunk into a temp file; `commit()` verifies and publishes it.
 
     Used as a context manager: leaving the block without a commit removes the temp file,
-    so an interrupted download or upload never leaves anything behind.
+    so an interrupted download or upload never leaves anything behind. Unlike
+    `put_verified`, it fsyncs: the gateway's uploads are the only copy of their bytes.
     """
 
     def __init__(self, store: ChunkStore, expected_digest: str | None) -> None:
@@ -333,8 +683,7 @@ class ChunkWriter:
         self._sha = hashlib.sha256()
         self._xxh = xxhash.xxh3_128()
         self.size = 0
-        fd_name = f"{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
-        self._tmp = store.tmp_dir / fd_name
+        self._tmp = store.tmp_dir / _temp_name()
         self._fh = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit()/abort()
         self._done = False
 
@@ -361,20 +710,13 @@ class ChunkWriter:
         os.fsync(self._fh.fileno())
         if self.store._xattrs:
             try:
-                os.setxattr(self._tmp, _XATTR, self._xxh.hexdigest().encode())
+                os.setxattr(self._tmp, _XATTR, f"{digest}:{self._xxh.hexdigest()}".encode())
             except OSError:
                 self.store._xattrs = False
         self._fh.close()
-        final = self.store.path(digest)
-        final.parent.mkdir(exist_ok=True)
-        existed = final.exists()
-        os.replace(self._tmp, final)
+        # The file was fsynced above; durable also makes the rename survive power loss.
+        self.store._publish(self._tmp, digest, self.size, durable=True)
         self._done = True
-        with self.store._lock:
-            self.store._verified.add(digest)
-        if not existed:
-            self.store._account(self.size)
-            self.store.evict_if_needed()
         return digest
 
     def abort(self) -> None:
@@ -386,12 +728,51 @@ class ChunkWriter:
             self._tmp.unlink()
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_shared(fd: int) -> None:
+    # Non-blocking: if an evictor holds the file this instant it is unlinking it; the
+    # descriptor still reads the chunk's (verified, immutable) bytes either way.
+    with contextlib.suppress(BlockingIOError):
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
 def _file_digest(p: Path, algo: type) -> str:
     h = algo()
     with open(p, "rb") as fh:
         while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' if it is gone): PID + this is unique."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+_PID_NAMESPACE = _pid_namespace()
+
+
+def _temp_name() -> str:
+    # "PID@PIDNS.THREAD.NS": clean_dead_writers reads the writer back from the name.
+    return f"{os.getpid()}@{_PID_NAMESPACE}.{threading.get_ident()}.{time.monotonic_ns()}"
 
 
 def _process_alive(pid: int) -> bool:

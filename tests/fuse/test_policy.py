@@ -20,9 +20,15 @@ MIB = 1 << 20
 
 
 def status(mp: Path, env: dict[str, str]) -> dict:
-    # Statistics are published every 2 s; wait for a fresh copy.
-    time.sleep(2.5)
-    return json.loads(mlfs("status", "--json", mp, env=env).stdout)
+    """Statistics published after this call (they are published every 2 s)."""
+    asked = time.time()
+    deadline = time.monotonic() + 30
+    while True:
+        doc = json.loads(mlfs("status", "--json", mp, env=env).stdout)
+        if doc["published"] > asked:
+            return doc
+        assert time.monotonic() < deadline, "the mount published no statistics for 30 s"
+        time.sleep(0.2)
 
 
 def chunk_files(cache: Path) -> set[str]:

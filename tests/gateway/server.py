@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.daemon_logs import DAEMON_LOGS
 from tests.servers import ACCESS_KEY, SECRET_KEY, S3Server, free_port, stop_process
 
 READY_LINE = "mlfs gateway listening on"
@@ -31,6 +32,7 @@ def start_gateway(
     data_dir = workdir / "data"
     port = port or free_port()
     log_path = workdir / f"serve-{port}.log"
+    DAEMON_LOGS.watch(log_path, long_lived=True)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFS_"))}
     full_env.update(MLFS_ROOT_ACCESS_KEY=ACCESS_KEY, MLFS_ROOT_SECRET_KEY=SECRET_KEY)
     full_env.update(env or {})

@@ -125,7 +125,8 @@ def test_aws_cli_session(gateway: GatewayServer, bucket: str, tmp_path: Path) ->
     assert [line.split()[-1] for line in left.splitlines()] == ["meta/obj"]
 
 
-def test_s3cmd_session(gateway: GatewayServer, bucket: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signature_v2", [False, True], ids=["sigv4", "sigv2"])
+def test_s3cmd_session(gateway: GatewayServer, bucket: str, tmp_path: Path, signature_v2: bool) -> None:
     s3cmd = _tool("s3cmd")
     host = gateway.endpoint.split("://", 1)[1]
     config = tmp_path / "s3cfg"
@@ -133,7 +134,7 @@ def test_s3cmd_session(gateway: GatewayServer, bucket: str, tmp_path: Path) -> N
         "[default]\n"
         f"access_key = {ACCESS_KEY}\nsecret_key = {SECRET_KEY}\n"
         f"host_base = {host}\nhost_bucket = {host}\n"
-        "use_https = False\nsignature_v2 = False\nbucket_location = us-east-1\n"
+        f"use_https = False\nsignature_v2 = {signature_v2}\nbucket_location = us-east-1\n"
         "check_ssl_certificate = False\n"
     )
     env = s3_env(gateway.endpoint)

@@ -12,6 +12,7 @@ import botocore.exceptions
 import pytest
 import trio
 import trio.testing
+import urllib3.exceptions
 
 from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
 from mlfs.fetch import ChunkFetcher, RetryPolicy
@@ -23,14 +24,20 @@ CHUNK = 64 * 1024
 
 
 class Body(io.BytesIO):
-    def __init__(self, data: bytes, reset_after: int | None = None) -> None:
+    def __init__(self, data: bytes, reset_after: int | None = None, raw_reset: bool = False) -> None:
         super().__init__(data)
         self.reset_after = reset_after
+        self.raw_reset = raw_reset
+        self.served = 0
 
     def read(self, n: int = -1) -> bytes:
         if self.reset_after is not None and self.tell() >= self.reset_after:
+            if self.raw_reset:  # as urllib3's stream raises it, unwrapped by botocore
+                raise urllib3.exceptions.ProtocolError("Connection broken", ConnectionResetError(104, "reset"))
             raise botocore.exceptions.ResponseStreamingError(error="connection reset by peer")
-        return super().read(min(n, 8192) if n and n > 0 else 8192)
+        data = super().read(min(n, 8192) if n and n > 0 else 8192)
+        self.served += len(data)
+        return data
 
     def readinto(self, buf) -> int:  # short reads, like a socket
         data = self.read(len(buf))
@@ -39,7 +46,7 @@ class Body(io.BytesIO):
 
 
 class FakeS3:
-    """get_object with scripted failures: a list of 'ok' / '503' / 'reset' / '412' / 'bad'."""
+    """get_object with scripted failures: a list of 'ok' / '503' / 'reset' / '412' / 'bad' / 'whole'."""
 
     def __init__(self, data: bytes, script: list[str] | None = None) -> None:
         self.data = data
@@ -47,6 +54,7 @@ class FakeS3:
         self.calls: list[dict] = []
         self.lock = threading.Lock()
         self.gate: threading.Event | None = None
+        self.whole_bodies: list[Body] = []
 
     def get_object(self, **kw):
         with self.lock:
@@ -60,11 +68,17 @@ class FakeS3:
             code = {"503": "ServiceUnavailable", "412": "PreconditionFailed", "404": "NoSuchKey"}[step]
             raise botocore.exceptions.ClientError(
                 {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": int(step)}}, "GetObject")
-        if step == "reset":
-            return {"Body": Body(piece, reset_after=len(piece) // 2)}
+        # As S3 answers a range GET: 206 with a Content-Range.
+        content_range = f"bytes {lo}-{lo + len(piece) - 1}/{len(self.data)}"
+        if step in ("reset", "raw-reset"):
+            body = Body(piece, reset_after=len(piece) // 2, raw_reset=step == "raw-reset")
+            return {"Body": body, "ContentRange": content_range}
         if step == "bad":
             piece = bytes([piece[0] ^ 1]) + piece[1:]
-        return {"Body": Body(piece)}
+        if step == "whole":  # a server ignoring Range
+            self.whole_bodies.append(Body(self.data))
+            return {"Body": self.whole_bodies[-1]}
+        return {"Body": Body(piece), "ContentRange": content_range}
 
 
 def entry_for(data: bytes, etag: str | None = '"etag"') -> FileEntry:
@@ -86,7 +100,8 @@ def run_fetch(tmp_path: Path, fake: FakeS3, data: bytes, index: int = 0, attempt
     return store, entry, fetcher, digest
 
 
-@pytest.mark.parametrize("script", [["503"], ["reset"], ["503", "reset", "503"], ["bad"]])
+@pytest.mark.parametrize("script", [["503"], ["reset"], ["503", "reset", "503"], ["bad"], ["whole", "whole"],
+                                    ["raw-reset"]])
 def test_transient_failures_are_retried(tmp_path: Path, script: list[str]) -> None:
     data = os.urandom(3 * CHUNK)
     fake = FakeS3(data, script)
@@ -95,6 +110,14 @@ def test_transient_failures_are_retried(tmp_path: Path, script: list[str]) -> No
     assert len(fake.calls) == len(script) + 1
     assert fake.calls[0]["IfMatch"] == '"etag"' and fake.calls[0]["Range"] == f"bytes={CHUNK}-{2 * CHUNK - 1}"
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_server_ignoring_range_is_not_downloaded(tmp_path: Path) -> None:
+    data = os.urandom(3 * CHUNK)
+    fake = FakeS3(data, ["whole"] * 3)
+    store, _entry, _fetcher, digest = run_fetch(tmp_path, fake, data, index=1)
+    assert store.read_all(digest) == data[CHUNK:2 * CHUNK]
+    assert [b.served for b in fake.whole_bodies] == [0, 0, 0], "a whole object was read for one chunk"
 
 
 def test_retries_give_up_with_a_fetch_error(tmp_path: Path) -> None:
@@ -113,9 +136,31 @@ def test_changed_object_is_estale_without_retry(tmp_path: Path) -> None:
     assert info.value.errno == 116 and len(fake.calls) == 1  # ESTALE
 
 
-def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(tmp_path: Path) -> None:
+def test_repeated_transit_damage_under_if_match_is_retried(tmp_path: Path) -> None:
     data = os.urandom(CHUNK)
     fake = FakeS3(data, ["bad", "bad", "bad"])
+    store, _entry, _fetcher, digest = run_fetch(tmp_path, fake, data)
+    assert store.read_all(digest) == data and len(fake.calls) == 4
+
+
+def test_without_etag_a_second_mismatch_is_an_integrity_error(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["bad", "bad"])
+    store = ChunkStore(tmp_path)
+    entry = entry_for(data, etag=None)
+
+    async def main():
+        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(4, 0.5, 5))
+        await fetcher.ensure(entry, 0)
+
+    with pytest.raises(ChunkIntegrityError):
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(fake.calls) == 2
+
+
+def test_persistent_corruption_is_an_integrity_error_and_stores_nothing(tmp_path: Path) -> None:
+    data = os.urandom(CHUNK)
+    fake = FakeS3(data, ["bad", "bad", "bad", "bad"])
     with pytest.raises(ChunkIntegrityError):
         run_fetch(tmp_path, fake, data)
     store = ChunkStore(tmp_path)
@@ -211,3 +256,28 @@ def test_concurrent_kernel_style_reads_keep_the_window_open(tmp_path: Path) -> N
     got, windows = trio.run(main)
     assert b"".join(got[o] for o in sorted(got)) == data[: 20 * CHUNK]
     assert min(windows[8:]) > 0 and max(windows) == 8
+
+
+def test_memory_stays_within_the_buffer_pool_whatever_the_readers(tmp_path: Path) -> None:
+    rig = ReaderRig(tmp_path)
+    data = rig.data
+
+    async def main():
+        fetcher = ChunkFetcher(rig.fake, rig.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1), buffers=3)
+        got: dict[int, bytes] = {}
+        async with trio.open_nursery() as n:
+            reader = ArtifactReader(rig.manifest, rig.store, fetcher, n, ReadAheadSettings(start=1, max=8))
+
+            async def one(i: int) -> None:
+                handle = reader.open(rig.entry)
+                got[i] = await handle.read(i * CHUNK + 7, CHUNK)
+
+            async with trio.open_nursery() as readers:
+                for i in range(24):
+                    readers.start_soon(one, i)
+            n.cancel_scope.cancel()
+        return got, fetcher.statistics()
+
+    got, stats = trio.run(main)
+    assert all(got[i] == data[i * CHUNK + 7:(i + 1) * CHUNK + 7] for i in range(24))
+    assert stats.buffers == 3, "more chunk buffers than the pool holds"

@@ -65,6 +65,19 @@ def test_corruption_is_detected_and_quarantined(tmp_path: Path, xattrs: bool) ->
     assert fresh.statistics().quarantined_chunks == 1
 
 
+@pytest.mark.expect_warnings
+def test_a_chunk_file_under_another_chunks_name_is_caught(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    a, b = store.put_bytes(os.urandom(4096)), store.put_bytes(os.urandom(4096))
+    # Swapped by hand: each file keeps its own (valid) checksum attribute.
+    os.rename(store.path(a), tmp_path / "a")
+    os.rename(store.path(b), store.path(a))
+    os.rename(tmp_path / "a", store.path(b))
+    fresh = ChunkStore(tmp_path)
+    assert fresh.ensure_verified(a) is False
+    assert fresh.ensure_verified(b) is False
+
+
 def test_intact_chunk_verifies_in_a_new_store(tmp_path: Path) -> None:
     digest = ChunkStore(tmp_path).put_bytes(b"x" * 5000)
     assert ChunkStore(tmp_path).ensure_verified(digest)
@@ -117,3 +130,33 @@ def test_discard_updates_accounting(tmp_path: Path) -> None:
     store.discard(digest)
     assert not store.contains(digest) and store.usage == 0 and not store.is_pinned(digest)
     store.discard(digest)  # already gone: nothing to do
+
+
+def test_a_chunk_being_read_is_not_evicted_and_its_descriptor_outlives_eviction(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path, budget=64 * MIB)
+    first = bytes([1]) * (16 * MIB)
+    held = store.put_bytes(first)
+    os.utime(store.path(held), (1000, 1000))  # the oldest: first in line for eviction
+    with store.reading(held) as fd:
+        for i in range(2, 7):
+            store.put_bytes(bytes([i]) * (16 * MIB))
+        assert store.contains(held), "a chunk being read was evicted"
+        assert os.pread(fd, 16, 5) == first[5:21]
+    assert store.statistics().skipped_in_use > 0
+    store.put_bytes(b"\x09" * (16 * MIB))
+    assert not store.contains(held), "once no read holds it, the oldest chunk goes first"
+
+
+def test_usage_and_pins_are_shared_by_every_store_on_the_directory(tmp_path: Path) -> None:
+    mount_a = ChunkStore(tmp_path, budget=64 * MIB)
+    mount_b = ChunkStore(tmp_path, budget=64 * MIB)
+    pinned = mount_a.put_bytes(b"\x01" * (16 * MIB))
+    mount_a.pin([pinned])
+    os.utime(mount_a.path(pinned), (1000, 1000))
+    for i in range(2, 8):
+        mount_b.put_bytes(bytes([i]) * (16 * MIB))
+    assert mount_b.contains(pinned), "another store's pin was not honoured"
+    assert mount_a.usage == mount_b.usage <= 64 * MIB
+    mount_a.unpin([pinned])
+    mount_b.put_bytes(b"\x09" * (16 * MIB))
+    assert not mount_b.contains(pinned), "an unpinned old chunk is evicted"

@@ -1,0 +1,1 @@
+"""Model and dataset registry: indexing, safe format reading, stages, aliases, lineage."""

@@ -1,0 +1,139 @@
+"""Pushing v2 with one changed shard sends only that shard; mounting v2 after v1 fetches
+only that shard's chunks. Counted by the servers themselves: SeaweedFS's received-bytes
+and GET counters, the gateway's chunk store."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.gateway.server import GatewayServer
+from tests.mlfs_cli import mlfs, mounted
+from tests.registry.conftest import env_for, make_model_dir
+from tests.servers import S3Server
+
+pytestmark = [pytest.mark.s3, pytest.mark.fuse]
+CHUNK = 16 << 20
+CHANGED = "model-00002-of-00002.safetensors"
+
+
+def received_bytes(server: S3Server, bucket: str) -> int:
+    assert server.metrics_url
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    pattern = r'SeaweedFS_s3_bucket_traffic_received_bytes_total\{bucket="' + re.escape(bucket) + r'"\} (\S+)'
+    m = re.search(pattern, text)
+    return int(float(m.group(1))) if m else 0
+
+
+def _push(directory: Path, name: str, label: str, bucket: str, env: dict[str, str], *extra: str) -> str:
+    return mlfs("push", directory, "--name", name, "--version", label, "--bucket", bucket, *extra, env=env).stderr
+
+
+def test_v2_push_sends_only_the_changed_shard_to_seaweedfs(seaweedfs: S3Server, registry_gateway: GatewayServer,
+                                                          sw_bucket: str, tmp_path: Path) -> None:
+    bucket = sw_bucket
+    env = env_for(seaweedfs, registry_gateway)
+    v1 = make_model_dir(tmp_path / "v1", seed=3, shard_mib=20)
+    v2 = make_model_dir(tmp_path / "v2", seed=3, shard_mib=20, changed_shard=1)
+    _push(v1, "delta", "v1", bucket, env)
+
+    before = received_bytes(seaweedfs, bucket)
+    out = _push(v2, "delta", "v2", bucket, env)
+    manifest = seaweedfs.client().get_object(Bucket=bucket, Key="model-data/delta/v2/.mlfs/manifest.json")
+    sent = received_bytes(seaweedfs, bucket) - before
+    assert sent == (v2 / CHANGED).stat().st_size + manifest["ContentLength"], out
+    assert "pushed 1 files" in out and "copied 4 server-side" in out
+
+    # A second run (as after a killed push) finds everything in place and sends nothing.
+    before = received_bytes(seaweedfs, bucket)
+    out = _push(v2, "delta", "v2", bucket, env)
+    assert received_bytes(seaweedfs, bucket) == before
+    assert "5 already there" in out
+
+    # Mount v1 and read it all, then v2 on the same store: only the changed shard's chunks are fetched.
+    cache = tmp_path / "cache"
+    with mounted("models:/delta/v1", tmp_path / "mnt1", env, "--cache", cache) as mp:
+        for f in sorted(v1.iterdir()):
+            assert (mp / f.name).read_bytes() == f.read_bytes()
+    gets_before = seaweedfs.get_count(bucket)
+    with mounted("models:/delta/v2", tmp_path / "mnt2", env, "--cache", cache, "--no-policy") as mp:
+        for f in sorted(v2.iterdir()):
+            assert (mp / f.name).read_bytes() == f.read_bytes()
+        changed_chunks = -(-(v2 / CHANGED).stat().st_size // CHUNK)
+        assert seaweedfs.get_count(bucket) - gets_before == changed_chunks
+        status = json.loads(mlfs("status", mp, env=env).stdout)
+        assert status["manifest"]["version"] == "v2"
+
+
+def test_v2_push_to_the_gateway_stores_only_the_changed_shard(registry_gateway: GatewayServer,
+                                                              tmp_path: Path) -> None:
+    env = env_for(registry_gateway)
+    v1 = make_model_dir(tmp_path / "v1", seed=4, shard_mib=20)
+    v2 = make_model_dir(tmp_path / "v2", seed=4, shard_mib=20, changed_shard=1)
+    _push(v1, "delta-gw", "v1", "models", env)
+    assert registry_gateway.data_dir is not None
+    chunks = registry_gateway.data_dir / "store" / "chunks"
+
+    def stored() -> set[str]:
+        return {p.name for p in chunks.rglob("*") if p.is_file()}
+
+    before = stored()
+    out = _push(v2, "delta-gw", "v2", "models", env)
+    new = stored() - before
+    # The changed shard's chunks, and the chunk of the new manifest: nothing else arrived.
+    assert len(new) == -(-(v2 / CHANGED).stat().st_size // CHUNK) + 1, out
+    assert "pushed 1 files" in out
+
+
+def test_killed_push_resumes_without_resending_finished_files(seaweedfs: S3Server, registry_gateway: GatewayServer,
+                                                              sw_bucket: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bucket = sw_bucket
+    client = seaweedfs.client()
+    env = env_for(seaweedfs, registry_gateway)
+    local = make_model_dir(tmp_path / "m", seed=5, shard_mib=2, shards=1)
+    with open(local / "big.bin", "wb") as fh:
+        for _ in range(24):
+            fh.write(os.urandom(16 << 20))  # 384 MiB: still in flight when the small files are done
+    proc = subprocess.Popen([sys.executable, "-m", "mlfs", "push", str(local), "--name", "resumed", "--version", "v1",
+                             "--bucket", bucket, "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    keys: set[str] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="model-data/resumed/")
+                .get("Contents", [])}
+        if "model-data/resumed/v1/config.json" in keys:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert "model-data/resumed/v1/big.bin" not in keys, "the push finished before it could be killed"
+    assert "model-data/resumed/v1/.mlfs/manifest.json" not in keys
+
+    # Parts that were in flight when the push died are still being counted for a moment.
+    before, settle_deadline, steady = -1, time.monotonic() + 60, 0
+    while steady < 3 and time.monotonic() < settle_deadline:
+        now = received_bytes(seaweedfs, bucket)
+        steady = steady + 1 if now == before else 0
+        before = now
+        time.sleep(0.5)
+    stored = {o["Key"].rsplit("/", 1)[-1]
+              for o in client.list_objects_v2(Bucket=bucket, Prefix="model-data/resumed/v1/").get("Contents", [])}
+    assert "big.bin" not in stored and "config.json" in stored
+    out = _push(local, "resumed", "v1", bucket, env, "-q")
+    sent = received_bytes(seaweedfs, bucket) - before
+    assert f"{len(stored)} already there" in out, out
+    manifest = client.head_object(Bucket=bucket, Key="model-data/resumed/v1/.mlfs/manifest.json")["ContentLength"]
+    missing = sum(f.stat().st_size for f in local.iterdir() if f.name not in stored)
+    assert sent == missing + manifest, out
+    doc = json.loads(mlfs("models", "show", "models:/resumed/v1", "--json", env=env).stdout)
+    assert (doc["status"], doc["objects"]) == ("READY", len(list(local.iterdir())))
