@@ -169,20 +169,34 @@ def build_policy(manifest: Manifest, opts: MountOptions, learn: bool = True) -> 
 
 def status(mountpoint: str | Path) -> dict:
     """Statistics of one mount: live from its process, else the copy it last published."""
-    from mlfs.control import request_status
-    from mlfs.fuse.mountpoints import find_mount, is_stale
-    from mlfs.runinfo import read_info
+    from mlfs.control import ControlSocketGone, request_status
+    from mlfs.fuse.mountpoints import is_stale
+
+    _mlfs_mount(mountpoint)
+    try:
+        return request_status(mountpoint)
+    except ControlSocketGone:
+        # Only now look at the mount itself: a statfs would hang on a stopped daemon.
+        if is_stale(mountpoint):
+            raise MountError(f"{Path(mountpoint).absolute()} is a stale mount (its mlfs process died; "
+                             f"mlfs unmount {Path(mountpoint).absolute()} cleans it)") from None
+    return _published(mountpoint)
+
+
+def _mlfs_mount(mountpoint: str | Path) -> None:
+    from mlfs.fuse.mountpoints import find_mount
 
     info = find_mount(mountpoint)
     if info is None or not info.is_mlfs:
         raise MountError(f"{Path(mountpoint).absolute()} is not an mlfs mount")
-    if is_stale(mountpoint):
-        raise MountError(f"{Path(mountpoint).absolute()} is a stale mount (its mlfs process died; "
-                         f"mlfs unmount {Path(mountpoint).absolute()} cleans it)")
-    try:
-        return request_status(mountpoint)
-    except MountError:
-        doc = read_info(mountpoint)
+
+
+def _published(mountpoint: str | Path) -> dict:
+    """The statistics the mount last wrote to the run directory (pid included)."""
+    from mlfs.runinfo import read_info
+
+    _mlfs_mount(mountpoint)
+    doc = read_info(mountpoint)
     if doc is None:
         raise MountError(f"no statistics published for {Path(mountpoint).absolute()} yet")
     return doc
@@ -205,12 +219,9 @@ def switch(mountpoint: str | Path, manifest_ref: str, endpoint_url: str | None =
            profile: str | None = None, region: str | None = None) -> dict:
     """Make the mount at `mountpoint` serve another manifest; returns the mount's answer."""
     from mlfs.control import request_switch
-    from mlfs.fuse.mountpoints import find_mount
     from mlfs.registry.client import load_mount_manifest
 
-    info = find_mount(mountpoint)
-    if info is None or not info.is_mlfs:
-        raise MountError(f"{Path(mountpoint).absolute()} is not an mlfs mount")
+    _mlfs_mount(mountpoint)
     # The same loader as `mlfs mount`: every reference a mount accepts works here too.
     manifest = load_mount_manifest(manifest_ref, endpoint_url=endpoint_url, profile=profile, region=region)
     answer = request_switch(mountpoint, manifest, str(manifest_ref))
@@ -225,7 +236,9 @@ def reload_rules(mountpoint: str | Path) -> int:
 
     from mlfs.runinfo import verified_mount_pid
 
-    pid = verified_mount_pid(status(mountpoint), Path(mountpoint).absolute())
+    # The published copy, not a live request: a stopped or hung process must not hang
+    # this command, and the PID is checked against the FUSE connection anyway.
+    pid = verified_mount_pid(_published(mountpoint), Path(mountpoint).absolute())
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:

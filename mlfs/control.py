@@ -37,6 +37,10 @@ def socket_path(mountpoint: str | os.PathLike[str], create: bool = False) -> Pat
     return info_path(mountpoint, create=create).with_suffix(".sock")
 
 
+class ControlSocketGone(MountError):
+    """Nothing listens on the mount's control socket: its process is gone or never served one."""
+
+
 class RecentErrors(logging.Handler):
     """The last few warnings and errors the mount logged, for `mlfs status`."""
 
@@ -89,7 +93,13 @@ async def serve_control(session: Any, task_status: trio.TaskStatus[None] = trio.
     errors = RecentErrors()
     logging.getLogger().addHandler(errors)
     rate = FetchRate()
-    path = socket_path(session.settings.mountpoint, create=True)  # a private run directory
+    try:
+        path = socket_path(session.settings.mountpoint, create=True)  # a private run directory
+    except MountError as exc:
+        # The mount works without its control socket; only switch and live status are lost.
+        log.warning("cannot serve control requests (mlfs switch, live mlfs status): %s", exc)
+        task_status.started()
+        return
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -187,7 +197,7 @@ def _request(mountpoint: str | os.PathLike[str], request: dict[str, Any], timeou
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise MountError(f"the mount at {os.path.abspath(mountpoint)} has no control socket "
+            raise ControlSocketGone(f"the mount at {os.path.abspath(mountpoint)} has no control socket "
                              "(its mlfs process is gone)") from None
         sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""

@@ -68,26 +68,30 @@ def fuse_ready() -> None:
     require_fuse()
 
 
-@pytest.fixture(scope="session")
-def artifact(seaweedfs: S3Server, tmp_path_factory: pytest.TempPathFactory, fuse_ready: None) -> Artifact:
-    base = tmp_path_factory.mktemp("artifact")
+def build_artifact(server: S3Server, base: Path, bucket: str, symlinks: list[dict[str, str]]) -> Artifact:
+    """The demo tree written under `base`, uploaded to `bucket` and described by a manifest."""
     local = base / "src"
     local.mkdir()
     write_tree(local)
-    client = seaweedfs.client()
-    bucket, prefix = "artifacts", "models/demo/v1/"
+    client = server.client()
+    prefix = "models/demo/v1/"
     client.create_bucket(Bucket=bucket)
     upload_tree(client, local, bucket, prefix)
     manifest = base / "demo.json"
-    mlfs("generate", f"s3://{bucket}/{prefix}", "-o", manifest, "--chunk-size", "1M", "-q", env=seaweedfs.env())
-    # Symlinks exist only in manifests (S3 has none): add two, one into a subdirectory.
+    mlfs("generate", f"s3://{bucket}/{prefix}", "-o", manifest, "--chunk-size", "1M", "-q", env=server.env())
     doc = json.loads(manifest.read_text())
-    doc["symlinks"] = [
+    doc["symlinks"] = symlinks
+    manifest.write_text(json.dumps(doc))
+    return Artifact(local, manifest, bucket, prefix, server)
+
+
+@pytest.fixture(scope="session")
+def artifact(seaweedfs: S3Server, tmp_path_factory: pytest.TempPathFactory, fuse_ready: None) -> Artifact:
+    # Symlinks exist only in manifests (S3 has none): add two, one into a subdirectory.
+    return build_artifact(seaweedfs, tmp_path_factory.mktemp("artifact"), "artifacts", [
         {"path": "latest.safetensors", "target": "model.safetensors"},
         {"path": "nested/link-up", "target": "../config.json"},
-    ]
-    manifest.write_text(json.dumps(doc))
-    return Artifact(local, manifest, bucket, prefix, seaweedfs)
+    ])
 
 
 @pytest.fixture
