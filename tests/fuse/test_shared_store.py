@@ -57,7 +57,7 @@ def status_when(mp: Path, env: dict[str, str], ready, limit: float = 20.0) -> di
     """The mount's published statistics once `ready(doc)` holds (published every 2 s), or the last."""
     deadline = time.monotonic() + limit
     while True:
-        doc = json.loads(mlfs("status", mp, env=env).stdout)
+        doc = json.loads(mlfs("status", "--json", mp, env=env).stdout)
         if ready(doc) or time.monotonic() > deadline:
             return doc
         time.sleep(0.2)

@@ -72,7 +72,7 @@ def test_push_mlflow_and_mount_by_reference(backend, registry_gateway: GatewaySe
         == [name]
 
     with mounted("models:/" + name + "@production", tmp_path / "mnt", env, "--cache", tmp_path / "cache") as mp:
-        status = json.loads(mlfs("status", mp, env=env).stdout)
+        status = json.loads(mlfs("status", "--json", mp, env=env).stdout)
         assert status["manifest"] == {"name": name, "version": "v2"}
         for shard in sorted(v2.glob("*.safetensors")):
             mounted_tensors = _load_safetensors(mp / shard.name)
