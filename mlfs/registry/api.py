@@ -386,11 +386,22 @@ async def lineage(call: Call) -> dict[str, Any]:
     return await call.run(call.registry.lineage, call.get("ref", required=True))
 
 
+async def _writable(call: Call) -> Version:
+    """The version the request's `ref` names, once the caller may write its bucket."""
+    version = await call.run(call.registry.find, parse_reference(call.get("ref", required=True)))
+    call.may_write(version.bucket)
+    return version
+
+
+async def _described(call: Call, version: Version) -> dict[str, Any]:
+    """The version as stored now (after a change), described."""
+    current = await call.run(call.registry.db.version_by_id, version.id)
+    return {"version": await call.run(call.registry.describe, current)}
+
+
 @route("POST", OWN + "stage")
 async def promote(call: Call) -> dict[str, Any]:
-    ref = parse_reference(call.get("ref", required=True))
-    version = await call.run(call.registry.find, ref)
-    call.may_write(version.bucket)
+    version = await _writable(call)
     version = await call.run(call.registry.db.transition_stage, version.kind, version.name, version.number,
                              call.get("stage", required=True), bool(call.get("archive_existing", True)))
     return {"version": await call.run(call.registry.describe, version)}
@@ -398,38 +409,30 @@ async def promote(call: Call) -> dict[str, Any]:
 
 @route("POST", OWN + "alias")
 async def alias(call: Call) -> dict[str, Any]:
-    ref = parse_reference(call.get("ref", required=True))
-    version = await call.run(call.registry.find, ref)
-    call.may_write(version.bucket)
+    version = await _writable(call)
     name = call.get("alias", required=True)
     if call.get("delete"):
         await call.run(call.registry.db.delete_alias, version.kind, version.name, name)
     else:
         await call.run(call.registry.db.set_alias, version.kind, version.name, name, version.number)
-    return {"version": await call.run(call.registry.describe, await call.run(call.registry.db.version_by_id,
-                                                                                version.id))}
+    return await _described(call, version)
 
 
 @route("POST", OWN + "tag")
 async def tag(call: Call) -> dict[str, Any]:
-    ref = parse_reference(call.get("ref", required=True))
-    version = await call.run(call.registry.find, ref)
-    call.may_write(version.bucket)
+    version = await _writable(call)
     key = call.get("key", required=True)
     if call.get("delete"):
         await call.run(call.registry.db.delete_tag, version.kind, version.name, version.id, key)
     else:
         await call.run(call.registry.db.set_tag, version.kind, version.name, version.id, key,
                        str(call.get("value", "")))
-    return {"version": await call.run(call.registry.describe, await call.run(call.registry.db.version_by_id,
-                                                                                version.id))}
+    return await _described(call, version)
 
 
 @route("POST", OWN + "delete")
 async def delete(call: Call) -> dict[str, Any]:
-    ref = parse_reference(call.get("ref", required=True))
-    version = await call.run(call.registry.find, ref)
-    call.may_write(version.bucket)
+    version = await _writable(call)
     await call.run(call.registry.forget_version, version)
     return {"deleted": {"kind": version.kind, "name": version.name, "version": version.number,
                         "label": version.label, "uri": version.uri}}
