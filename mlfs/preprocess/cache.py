@@ -12,6 +12,7 @@ cache, or freed by the gateway) is a miss, and the entry is dropped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -79,7 +80,8 @@ class ResultCache:
 
     def put(self, key: str, data: bytes, want_md5: bool = True) -> CachedResult:
         """Store a result; its MD5 (what S3 reports as a single-part ETag) only if wanted ("" otherwise)."""
-        chunks = tuple(self.store.put_bytes(data[i:i + RESULT_CHUNK]) for i in range(0, max(len(data), 1), RESULT_CHUNK))
+        view = memoryview(data)
+        chunks = tuple(self._put_chunk(view[i:i + RESULT_CHUNK]) for i in range(0, max(len(data), 1), RESULT_CHUNK))
         # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
         whole = chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest()
         entry = CachedResult(key, len(data), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
@@ -90,6 +92,15 @@ class ResultCache:
                                    "chunks": list(chunks)}))
         os.replace(tmp, path)
         return entry
+
+    def _put_chunk(self, piece: memoryview) -> str:
+        # No fsync: a chunk cut short by a crash fails its check when the entry is next
+        # looked up or read (xxh3 on first use, SHA-256 of the whole result on read), and
+        # the result is computed again; a torn result is never served.
+        digest = hashlib.sha256(piece).hexdigest()
+        if not self.store.put_verified(digest, piece, len(piece)):
+            raise OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
+        return digest
 
     def entries(self) -> Iterator[CachedResult]:
         for sub in sorted(self.index.iterdir()) if self.index.exists() else []:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ from mlfs.errors import ConfigError, FetchError, MlfsError
 from mlfs.manifest.from_gateway import fetch_gateway_manifest
 from mlfs.manifest.generate import ChunkHasher, list_prefix
 from mlfs.manifest.model import DEFAULT_CHUNK_SIZE, FileEntry, Manifest, Source
-from mlfs.preprocess.cache import TOKEN_FILE, CachedResult
+from mlfs.preprocess.cache import RESULT_CHUNK, TOKEN_FILE, CachedResult
 from mlfs.preprocess.client import call_service
+from mlfs.preprocess.work import WorkFailure, write_atomically
 from mlfs.s3.client import split_s3_url
 
 META_DIR = ".mlfs"
@@ -183,7 +183,7 @@ class S3Output:
         with self._lock:
             self._written[rel] = entry
 
-    def write(self, rel: str, data: bytes, md5: str | None = None) -> None:
+    def write(self, rel: str, data: bytes, md5: str | None = None, cached: CachedResult | None = None) -> None:
         md5 = md5 or hashlib.md5(data).hexdigest()
         key = self.prefix + rel
         etag = md5
@@ -194,9 +194,12 @@ class S3Output:
                 raise InputError(f"cannot write {self.uri}{rel}: {exc}") from None
             with self._lock:
                 self.uploaded += 1
-        hasher = ChunkHasher(DEFAULT_CHUNK_SIZE)
-        hasher.update(data)
-        whole, chunks = hasher.finish()
+        if cached is not None and RESULT_CHUNK == DEFAULT_CHUNK_SIZE:
+            whole, chunks = cached.sha256, list(cached.chunks)  # hashed once, by the worker
+        else:
+            hasher = ChunkHasher(DEFAULT_CHUNK_SIZE)
+            hasher.update(data)
+            whole, chunks = hasher.finish()
         entry = FileEntry(rel, len(data), whole, tuple(chunks), Source(bucket=self.bucket, key=key, etag=etag))
         with self._lock:
             self._written[rel] = entry
@@ -205,12 +208,25 @@ class S3Output:
         files = [self._written[rel] for rel in sorted(self._written)]
         manifest = Manifest(name=name, version=version, files=files, metadata=metadata)
         key = f"{self.prefix}{META_DIR}/manifest.json"
+        body = manifest.dumps().encode()
+        if self._holds(key, hashlib.md5(body).hexdigest()):
+            # A re-run that produced the same dataset version: nothing to write (and a
+            # version the registry has registered is immutable).
+            return f"s3://{self.bucket}/{key}"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=manifest.dumps().encode(),
-                                   ContentType="application/json")
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json")
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise FetchError(f"cannot write the manifest s3://{self.bucket}/{key}: {exc}") from None
         return f"s3://{self.bucket}/{key}"
+
+
+    def _holds(self, key: str, md5: str) -> bool:
+        """True when `key` exists with exactly the bytes of this MD5 (single-part ETag)."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+            return False
+        return head.get("ETag", "").strip('"') == md5
 
 
 class LocalOutput:
@@ -227,15 +243,18 @@ class LocalOutput:
         except OSError as exc:
             raise ConfigError(f"destination {self.root}: {exc.strerror}") from None
 
+    def path_of(self, rel: str) -> Path:
+        return self.root / rel
+
     def write(self, rel: str, data: bytes, md5: str | None = None) -> None:
-        path = self.root / rel
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise InputError(f"cannot write {path}: {exc.strerror}") from None
+            write_atomically(self.path_of(rel), data)
+        except WorkFailure as exc:
+            raise InputError(str(exc)) from None
+        self.written_elsewhere(rel)
+
+    def written_elsewhere(self, rel: str) -> None:
+        """Count an output a worker process wrote."""
         with self._lock:
             self.uploaded += 1
             self._written.add(rel)

@@ -40,7 +40,8 @@ from mlfs.preprocess.locations import (
     verify_digest,
 )
 from mlfs.preprocess.pipeline import Pipeline
-from mlfs.preprocess.steps import ImageFailure, output_suffix, process
+from mlfs.preprocess.steps import ImageFailure, output_suffix
+from mlfs.preprocess.work import Job, WorkFailure, compute
 
 MAX_FAILURES_KEPT = 1000
 
@@ -92,7 +93,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("fork")
     else:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["mlfs.preprocess.steps"])
+        ctx.set_forkserver_preload(["mlfs.preprocess.work"])
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     for future in [pool.submit(int) for _ in range(workers)]:
         future.result()
@@ -211,9 +212,16 @@ class Run:
                 data = self.source.read(item)
                 verify_digest(item, data)
             self._count("decoded")
-            result = self._compute(data, digest)
-            entry = self.cache.put(key, result, want_md5=isinstance(self.output, S3Output))
+            # The worker caches the result and writes a local output itself.
+            local = self.output.path_of(out) if isinstance(self.output, LocalOutput) and not self._shards else None
+            entry, result = self._compute(Job(
+                self._sample_json, data, digest, key, str(self.cache.store.root), self.cache.store.budget,
+                want_md5=isinstance(self.output, S3Output), out_path=None if local is None else str(local),
+                return_bytes=isinstance(self.output, S3Output) and not self._shards))
             self._count("done")
+            if local is not None:
+                self.output.written_elsewhere(out)
+                return
         if self._shards:
             with self._lock:
                 self._results[out] = entry
@@ -225,15 +233,20 @@ class Run:
             result = self.cache.read(entry)
             if result is None:
                 raise InputError("its cached result vanished while the run was using it; run again")
-        self.output.write(out, result, entry.md5 or None)
+        if isinstance(self.output, S3Output):
+            self.output.write(out, result, entry.md5 or None, cached=entry)
+        else:
+            self.output.write(out, result, entry.md5 or None)
 
-    def _compute(self, data: bytes, digest: str) -> bytes:
+    def _compute(self, job: Job) -> tuple[CachedResult, bytes | None]:
         # A worker that dies (killed, or crashed inside a decoder) breaks the whole pool
         # and fails every image in flight. Each of those is tried again alone, in a
         # process of its own, so only an image that kills its own worker is reported.
         pool = self._workers()
         try:
-            return pool.submit(process, self._sample_json, data, digest).result()
+            return pool.submit(compute, job).result()
+        except WorkFailure as exc:
+            raise InputError(str(exc)) from None
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
@@ -241,7 +254,9 @@ class Run:
             pool.shutdown(wait=False, cancel_futures=True)
         with self._suspects, worker_pool(1) as alone:
             try:
-                return alone.submit(process, self._sample_json, data, digest).result()
+                return alone.submit(compute, job).result()
+            except WorkFailure as exc:
+                raise InputError(str(exc)) from None
             except BrokenProcessPool:
                 raise ImageFailure("a worker process died while processing it") from None
 

@@ -66,21 +66,22 @@ def test_destination_inside_the_source_is_not_read_as_input(tmp_path: Path) -> N
         assert (stats.total, stats.failed) == (3, 0), "outputs of the first run must not become inputs"
 
 
-def _dies_on_marker(sample_json: str, data: bytes, digest: str) -> bytes:
+def _dies_on_marker(job):  # type: ignore[no-untyped-def]
     """Stands in for a decoder crash: the worker process exits without a word."""
     import os
 
-    from mlfs.preprocess.steps import process
+    from mlfs.preprocess.work import compute
 
-    if data.startswith(b"KILLS-THE-WORKER"):
+    if job.data.startswith(b"KILLS-THE-WORKER"):
         os._exit(3)
-    return process(sample_json, data, digest)
+    return compute(job)
 
 
 def test_an_image_that_kills_its_worker_fails_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlfs.preprocess.runner as runner
 
-    monkeypatch.setattr(runner, "process", _dies_on_marker)
+    # Pickled by name, so the fork server's fresh worker runs it too.
+    monkeypatch.setattr(runner, "compute", _dies_on_marker)
     src = tmp_path / "images"
     src.mkdir()
     for i in range(6):
