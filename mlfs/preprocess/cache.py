@@ -51,15 +51,21 @@ class ResultCache:
         """Cheap: an entry exists (its chunks are checked by `lookup`)."""
         return self._entry_path(key).exists()
 
-    def lookup(self, key: str) -> CachedResult | None:
-        """The entry for `key` if every chunk of it is present and intact."""
+    def describe(self, key: str) -> CachedResult | None:
+        """The entry for `key` as recorded, its chunks unchecked (for comparing digests only)."""
         try:
             doc = json.loads(self._entry_path(key).read_bytes())
-            entry = CachedResult(key, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
+            return CachedResult(key, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
             self._drop(key)
+            return None
+
+    def lookup(self, key: str) -> CachedResult | None:
+        """The entry for `key` if every chunk of it is present and intact."""
+        entry = self.describe(key)
+        if entry is None:
             return None
         if not all(self.store.ensure_verified(d) for d in entry.chunks):
             self._drop(key)
