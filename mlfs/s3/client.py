@@ -7,6 +7,7 @@ Endpoint, credentials, profile and region come from the standard chain
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,8 @@ def make_client(settings: S3Settings) -> Any:
     # endpoints) without importing boto3's transfer manager, a second of a mount's start-up.
     try:
         session = botocore.session.Session(profile=settings.profile)
+        if not os.environ.get("AWS_DATA_PATH"):
+            session.register_component("data_loader", _shared_loader())
         region = settings.region or session.get_config_variable("region") or "us-east-1"
         if settings.transfers:
             import boto3
@@ -66,6 +69,43 @@ def make_client(settings: S3Settings) -> Any:
         return session.create_client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
     except Exception as exc:  # botocore raises ProfileNotFound and friends
         raise ConfigError(f"AWS configuration: {exc}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _shared_loader() -> Any:
+    """botocore's loader of its bundled data, shared by every client of this process.
+
+    It caches the parsed S3 model, endpoints and rule sets (a few hundred ms to load);
+    a mount's probe client and its daemon's client (created after the fork, which keeps
+    the cache) then pay for them once. Only data is shared: each client still has its
+    own session, credentials and connections.
+    """
+    import botocore.loaders
+
+    class Loader(botocore.loaders.Loader):
+        def list_available_services(self, type_name: str) -> Any:
+            # botocore lists every bundled service (hundreds of directories, about 0.2 s)
+            # only to check that the one asked for exists; check just that one.
+            return _KnownServices(self, type_name)
+
+    return Loader()  # what botocore builds when AWS_DATA_PATH is unset (it is, here)
+
+
+class _KnownServices:
+    """`name in services` looks at one directory; listing them all asks botocore."""
+
+    def __init__(self, loader: Any, type_name: str) -> None:
+        self.loader, self.type_name = loader, type_name
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            return False
+        return any(os.path.isdir(os.path.join(path, name)) for path in self.loader.search_paths)
+
+    def __iter__(self) -> Any:
+        import botocore.loaders
+
+        return iter(botocore.loaders.Loader.list_available_services(self.loader, self.type_name))
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
