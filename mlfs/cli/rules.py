@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from mlfs.cli.common import run_command
-from mlfs.manifest.validate import load_manifest
-from mlfs.policy import PolicyEngine, RuleError, parse_workload
-from mlfs.policy.errors import Problem
-from mlfs.policy.explain import explain_manifest, format_explanations, format_replay
-from mlfs.policy.layers import load_ruleset
-from mlfs.policy.trace import read_trace, replay
-from mlfs.policy.units import parse_size
-from mlfs.policy.workload import WorkloadContext
+
+# The policy engine is imported by the commands that use it: every other `mlfs`
+# command (a mount's start-up among them) starts without it.
+if TYPE_CHECKING:
+    from mlfs.policy.errors import Problem
+    from mlfs.policy.workload import WorkloadContext
 
 
 def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
+    from mlfs.policy.units import parse_size
+
     try:
         return parse_size(value)
     except ValueError as exc:
@@ -29,6 +30,8 @@ def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> in
 def _workload(_ctx: click.Context, _param: click.Parameter, value: str | None) -> WorkloadContext | None:
     if not value:
         return None
+    from mlfs.policy import parse_workload
+
     try:
         return parse_workload(value)
     except ValueError as exc:
@@ -55,6 +58,9 @@ def rules() -> None:
 @_store_option
 def validate(files: tuple[str, ...], store_size: int | None) -> None:
     """Check rule FILEs; print every problem as FILE:LINE: message, exit 1 if any."""
+    from mlfs.policy import RuleError
+    from mlfs.policy.layers import load_ruleset
+
     problems: list[Problem] = []
     rule_count = 0
     for path in files:
@@ -83,6 +89,10 @@ def explain(manifest_path: str, rule_files: tuple[str, ...], env: str | None, te
     """For each file of MANIFEST: the rules that matched, their scores, and what won."""
 
     def body() -> None:
+        from mlfs.manifest.validate import load_manifest
+        from mlfs.policy import PolicyEngine
+        from mlfs.policy.explain import explain_manifest, format_explanations
+
         manifest = load_manifest(manifest_path)
         engine = PolicyEngine.load(manifest, rule_files, env=env, templates=templates, store_size=store_size)
         explanations = explain_manifest(engine, manifest, workload=workload)
@@ -111,6 +121,11 @@ def test(rule_files: tuple[str, ...], manifest_path: str, trace_path: str, env: 
     """Replay a recorded access trace through the rules and show the decisions."""
 
     def body() -> None:
+        from mlfs.manifest.validate import load_manifest
+        from mlfs.policy import PolicyEngine
+        from mlfs.policy.explain import format_replay
+        from mlfs.policy.trace import read_trace, replay
+
         manifest = load_manifest(manifest_path)
         engine = PolicyEngine.load(manifest, rule_files, env=env, templates=templates)
         steps = replay(engine, manifest, read_trace(trace_path, manifest), workload=workload)

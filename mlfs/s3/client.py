@@ -13,9 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import botocore.config
-import botocore.session
-
 from mlfs.errors import ConfigError
 
 
@@ -36,6 +33,11 @@ class S3Settings:
 
 
 def make_client(settings: S3Settings) -> Any:
+    # botocore is imported here, not with the module: commands that never talk to S3
+    # (status, unmount, switch) start without it.
+    import botocore.config
+    import botocore.session
+
     endpoint = settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get(
         "AWS_ENDPOINT_URL"
     )
