@@ -201,7 +201,13 @@ class GatewayApp:
                                               ("content-length", str(0 if head else len(err.xml(resp.request_id))))])
                 await resp.body(b"" if head else err.xml(resp.request_id))
             else:
-                await resp.error(err, head=head)
+                try:
+                    await resp.error(err, head=head)
+                except (trio.BusyResourceError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    # An early refusal (before the upload was read) can meet hypercorn still
+                    # writing on the same connection, or a client that already hung up.
+                    log.info("%s %s: the %s answer could not be finished: %s", scope["method"], scope["path"],
+                             err.code, type(exc).__name__)
         except ObjectReplaced as exc:
             # The download started before a delete/overwrite: cut it (the client sees a
             # short body) or, if nothing was sent yet, answer as if it had never existed.
