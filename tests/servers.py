@@ -17,6 +17,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import botocore.config
@@ -91,6 +92,16 @@ class S3Server:
 
     def stop(self, grace: float = 2.0) -> None:
         stop_process(self.process, grace)
+
+
+def remove_bucket(client: Any, name: str) -> None:
+    """Empty a test bucket (objects and unfinished multipart uploads), then delete it."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=obj["Key"])
+    for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+    client.delete_bucket(Bucket=name)
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 2.0) -> None:

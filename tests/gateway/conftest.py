@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.gateway.server import GatewayServer, start_gateway
-from tests.servers import S3Server
+from tests.servers import S3Server, remove_bucket
 
 _names = itertools.count()
 
@@ -41,13 +41,7 @@ def bucket_on(request: pytest.FixtureRequest):
 
     yield make
     for server, name in made:
-        client = server.client()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=obj["Key"])
-        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-        client.delete_bucket(Bucket=name)
+        remove_bucket(server.client(), name)
 
 
 @pytest.fixture

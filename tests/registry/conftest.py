@@ -12,7 +12,7 @@ import pytest
 
 from tests.gateway.server import GatewayServer, start_gateway
 from tests.mlfs_cli import mlfs, require_fuse
-from tests.servers import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.servers import ACCESS_KEY, SECRET_KEY, S3Server, remove_bucket
 
 MIB = 1 << 20
 
@@ -85,12 +85,7 @@ def sw_bucket(seaweedfs: S3Server) -> Iterator[str]:
     try:
         yield name
     finally:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
-            for obj in page.get("Contents", []):
-                client.delete_object(Bucket=name, Key=obj["Key"])
-        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
-        client.delete_bucket(Bucket=name)
+        remove_bucket(client, name)
 
 
 def check_log(server: S3Server) -> None:
