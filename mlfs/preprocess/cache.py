@@ -84,27 +84,35 @@ class ResultCache:
             return None
         return data
 
-    def put(self, key: str, data: bytes, want_md5: bool = True) -> CachedResult:
-        """Store a result; its MD5 (what S3 reports as a single-part ETag) only if wanted ("" otherwise)."""
+    def put(self, key: str, data: bytes | memoryview, want_md5: bool = True, aligned: bool = False) -> CachedResult:
+        """Store a result; its MD5 (what S3 reports as a single-part ETag) only if wanted ("" otherwise).
+
+        `aligned`: `data` starts on a page boundary, so its chunks can be written with
+        O_DIRECT (without filling the page cache with a second copy of the result).
+        """
         view = memoryview(data)
-        chunks = tuple(self._put_chunk(view[i:i + RESULT_CHUNK]) for i in range(0, max(len(data), 1), RESULT_CHUNK))
+        chunks = tuple(self._put_chunk(view[i:i + RESULT_CHUNK], aligned)
+                       for i in range(0, max(len(view), 1), RESULT_CHUNK))
         # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
         whole = chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest()
-        entry = CachedResult(key, len(data), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
+        entry = CachedResult(key, len(view), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
         path = self._entry_path(key)
-        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps({"size": entry.size, "sha256": entry.sha256, "md5": entry.md5,
-                                   "chunks": list(chunks)}))
+        doc = json.dumps({"size": entry.size, "sha256": entry.sha256, "md5": entry.md5, "chunks": list(chunks)})
+        try:
+            tmp.write_text(doc)
+        except FileNotFoundError:  # the first entry under this prefix
+            path.parent.mkdir(exist_ok=True)
+            tmp.write_text(doc)
         os.replace(tmp, path)
         return entry
 
-    def _put_chunk(self, piece: memoryview) -> str:
+    def _put_chunk(self, piece: memoryview, aligned: bool) -> str:
         # No fsync: a chunk cut short by a crash fails its check when the entry is next
         # looked up or read (xxh3 on first use, SHA-256 of the whole result on read), and
         # the result is computed again; a torn result is never served.
         digest = hashlib.sha256(piece).hexdigest()
-        if not self.store.put_verified(digest, piece, len(piece)):
+        if not self.store.put_verified(digest, piece, len(piece), aligned):
             raise OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
         return digest
 

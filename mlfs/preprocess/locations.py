@@ -103,13 +103,26 @@ class LocalInput:
         self.gateway = False
 
     def list(self) -> list[InputItem]:
-        items = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == self.root and d == META_DIR))
-            for name in sorted(filenames):
-                full = Path(dirpath) / name
-                if full.is_file() and not full.is_symlink():
-                    items.append(InputItem(full.relative_to(self.root).as_posix(), full.stat().st_size, None))
+        # scandir: the file type comes with the directory entry, so each file costs one
+        # lstat (its size) and no path objects; symlinks are not followed.
+        items: list[InputItem] = []
+        stack = [("", os.fspath(self.root))]
+        while stack:
+            rel_dir, path = stack.pop()
+            try:
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                raise ConfigError(f"{path}: {exc.strerror}") from None
+            subdirs = []
+            for entry in entries:
+                rel = rel_dir + entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if not (rel_dir == "" and entry.name == META_DIR):
+                        subdirs.append((rel + "/", entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    items.append(InputItem(rel, entry.stat(follow_symlinks=False).st_size, None))
+            stack.extend(reversed(subdirs))
         return items
 
     def describe(self, item: InputItem) -> str:

@@ -41,7 +41,7 @@ from mlfs.preprocess.locations import (
 )
 from mlfs.preprocess.pipeline import Pipeline
 from mlfs.preprocess.steps import ImageFailure, output_suffix
-from mlfs.preprocess.work import Job, WorkFailure, compute
+from mlfs.preprocess.work import Job, WorkFailure, compute, prepare_worker
 
 MAX_FAILURES_KEPT = 1000
 
@@ -94,7 +94,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     else:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["mlfs.preprocess.work"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=prepare_worker)
     for future in [pool.submit(int) for _ in range(workers)]:
         future.result()
     return pool

@@ -232,9 +232,28 @@ def normalize(value: Data, p: dict[str, Any], rng: np.random.Generator) -> np.nd
     channels = arr.shape[2]
     if len(p["mean"]) not in (1, channels):
         raise ImageFailure(f"normalize has {len(p['mean'])} mean values but the image has {channels} channels")
-    # float64 arithmetic, one rounding to float32 at the end.
-    mean, std = np.asarray(p["mean"], dtype=np.float64), np.asarray(p["std"], dtype=np.float64)
-    return ((arr.astype(np.float64) / p["scale"] - mean) / std).astype(np.float32)
+    if arr.dtype != np.uint8:
+        # float64 arithmetic, one rounding to float32 at the end.
+        mean, std = np.asarray(p["mean"], dtype=np.float64), np.asarray(p["std"], dtype=np.float64)
+        return ((arr.astype(np.float64) / p["scale"] - mean) / std).astype(np.float32)
+    # An 8-bit channel has 256 values: the same float64 arithmetic on each of them,
+    # rounded once to float32, then looked up (bit-identical to computing every pixel,
+    # in a fraction of the time). The result is channel-planar in memory, so that a
+    # CHW layout that follows needs no copy.
+    table = _normalize_table(float(p["scale"]), tuple(p["mean"]), tuple(p["std"]), channels)
+    height, width = arr.shape[:2]
+    planes = np.empty((channels, height, width), dtype=np.float32)
+    for c in range(channels):
+        np.take(table[c], arr[:, :, c], out=planes[c])
+    return planes.transpose(1, 2, 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalize_table(scale: float, mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> np.ndarray:
+    values = np.arange(256, dtype=np.float64)[None, :]
+    m = np.broadcast_to(np.asarray(mean, dtype=np.float64), (channels,))[:, None]
+    s = np.broadcast_to(np.asarray(std, dtype=np.float64), (channels,))[:, None]
+    return ((values / scale - m) / s).astype(np.float32)
 
 
 def to_layout(value: Data, p: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
@@ -253,9 +272,18 @@ def encode(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> byt
 
 
 def arrays(value: Data, p: dict[str, Any], rng: np.random.Generator) -> bytes:
-    out = io.BytesIO()
-    np.save(out, _as_array(value) if not isinstance(value, np.ndarray) else value, allow_pickle=False)
-    return out.getvalue()
+    """The `.npy` bytes `np.save` writes, assembled with one copy of the data (saving
+    into a growing in-memory file copies a result several times)."""
+    arr = np.ascontiguousarray(_as_array(value))
+    if arr.dtype.hasobject:
+        raise ImageFailure("arrays cannot hold Python objects")
+    header = io.BytesIO()
+    fields = np.lib.format.header_data_from_array_1_0(arr)
+    try:
+        np.lib.format.write_array_header_1_0(header, fields)
+    except ValueError:  # a header too long for format 1.0, as np.save decides
+        np.lib.format.write_array_header_2_0(header, fields)
+    return b"".join((header.getvalue(), arr.data))
 
 
 STEPS = {"decode": decode, "resize": resize, "center_crop": center_crop, "crop": crop, "grayscale": grayscale,

@@ -46,6 +46,7 @@ from pathlib import Path
 import xxhash
 
 from mlfs.errors import ChunkIntegrityError, StoreError
+from mlfs.store.direct_io import DirectWriter
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,6 @@ _TEMP_MAX_AGE = 3600.0  # temp files older than this belong to dead writers
 _TOUCH_INTERVAL = 60.0  # refresh a chunk's LRU timestamp at most this often
 _MIN_FREE_FRACTION = 0.05  # without a budget, keep this much of the filesystem free
 _IDLE_FDS = 32  # descriptors kept open after their last read (no lock held while idle)
-_DIRECT_ALIGN = 4096
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # A store holding the only copy of its data (the gateway's) carries this marker. Its
 # owner's pins persist in pins/authoritative/; until that directory is complete (the
@@ -120,7 +120,7 @@ class ChunkStore:
         self._store_full = 0
         self._full_logged = False
         self._xattrs = True
-        self._direct = True
+        self._writer = DirectWriter()  # O_DIRECT until the file system refuses it
         self.authoritative = (self.root / AUTHORITATIVE_MARKER).exists()
         self._owns_data = False  # set by mark_authoritative: this process is the data's owner
         self._owner_name: str | None = None  # pins/ directory of this process (see _owner)
@@ -206,11 +206,13 @@ class ChunkStore:
             w.write(data)
             return w.commit()
 
-    def put_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int) -> bool:
+    def put_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int,
+                     aligned: bool = False) -> bool:
         """Store a chunk whose SHA-256 the caller has already checked against `digest`.
 
         Writes straight from the caller's buffer (`O_DIRECT` where the file system takes
-        it: the bytes do not pass through the page cache a second time), without fsync:
+        it and the buffer is page-aligned: an mmap, or a view the caller says is
+        `aligned`; the bytes do not pass through the page cache a second time), without fsync:
         a chunk cut short by a crash fails its xxh3 check on first use and is fetched
         again. On ENOSPC the store evicts and tries once more; if the disk is still full
         it returns False (the caller serves the chunk from memory) and logs once.
@@ -219,7 +221,7 @@ class ChunkStore:
             return True
         for attempt in (1, 2):
             try:
-                self._write_verified(digest, data, size)
+                self._write_verified(digest, data, size, aligned or isinstance(data, mmap.mmap))
                 return True
             except OSError as exc:
                 if exc.errno not in _FULL:
@@ -235,58 +237,27 @@ class ChunkStore:
                         "without storing them (logged once)", self.root)
         return False
 
-    def _write_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int) -> None:
+    def _write_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int, aligned: bool) -> None:
         tmp = self.tmp_dir / _temp_name()
         view = memoryview(data)[:size]
         try:
             # O_DIRECT needs a page-aligned buffer: the fetcher's pooled buffers are mmaps.
-            fd = self._open_direct(tmp, isinstance(data, mmap.mmap))
+            fd = self._writer.create(tmp, view, aligned)
             try:
-                aligned = size - size % _DIRECT_ALIGN if fd.direct else 0
-                done = 0
-                try:
-                    while done < aligned:
-                        done += os.write(fd.fd, view[done:aligned])
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self._direct = False  # opened with O_DIRECT but refuses such writes
-                if done < size:
-                    if fd.direct:
-                        fcntl.fcntl(fd.fd, fcntl.F_SETFL, fcntl.fcntl(fd.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
-                    while done < size:
-                        done += os.write(fd.fd, view[done:size])
                 if self._xattrs:
                     try:
-                        os.setxattr(fd.fd, _XATTR, f"{digest}:{xxhash.xxh3_128_hexdigest(view)}".encode())
+                        os.setxattr(fd, _XATTR, f"{digest}:{xxhash.xxh3_128_hexdigest(view)}".encode())
                     except OSError as exc:
                         if exc.errno in _FULL:
                             raise
                         self._xattrs = False
             finally:
-                os.close(fd.fd)
+                os.close(fd)
             self._publish(tmp, digest, size)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-
-    class _Open:
-        __slots__ = ("fd", "direct")
-
-        def __init__(self, fd: int, direct: bool) -> None:
-            self.fd, self.direct = fd, direct
-
-    def _open_direct(self, tmp: Path, aligned: bool) -> ChunkStore._Open:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        if self._direct and aligned:
-            try:
-                return self._Open(os.open(tmp, flags | os.O_DIRECT, 0o644), True)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # tmpfs and some others refuse O_DIRECT
-                    raise
-                self._direct = False
-        return self._Open(os.open(tmp, flags, 0o644), False)
 
     def _publish(self, tmp: Path, digest: str, size: int, durable: bool = False) -> None:
         """Rename a complete temp file into place, pinning it first if its owner asked.

@@ -126,3 +126,24 @@ def test_center_crop_larger_than_image_fails_the_item() -> None:
     pipeline = build_pipeline({"steps": ["decode", {"center_crop": {"size": 100}}, "arrays"]})
     with pytest.raises(ImageFailure, match="smaller than the center crop"):
         process(pipeline.sample_json(), _png(_image(10, 10)), DIGEST)
+
+
+@pytest.mark.parametrize("channels,mean,std", [(1, [0.5], [0.25]), (3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                                               (4, [0.3], [0.7])])
+def test_normalize_of_8_bit_images_is_bit_identical_to_float64_arithmetic(channels: int, mean: list, std: list) -> None:
+    img = _image(41, 29, seed=channels, channels=channels)
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    got = _run([{"decode": {"mode": mode}}, {"normalize": {"mean": mean, "std": std}}], _png(img))
+    pixels = img if channels > 1 else img[:, :, None]
+    reference = ((pixels.astype(np.float64) / 255.0 - np.array(mean)) / np.array(std)).astype(np.float32)
+    assert got.tobytes() == reference.tobytes(), "the 8-bit lookup must round exactly like per-pixel float64 arithmetic"
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+def test_npy_output_is_byte_identical_to_np_save(layout: str) -> None:
+    pipeline = build_pipeline({"steps": ["decode", "normalize", {"to_layout": {"layout": layout}},
+                                         {"arrays": {"format": "npy"}}]})
+    data = process(pipeline.sample_json(), _png(_image(23, 31)), DIGEST)
+    out = io.BytesIO()
+    np.save(out, np.load(io.BytesIO(data), allow_pickle=False), allow_pickle=False)
+    assert data == out.getvalue(), "the .npy result must be exactly what np.save writes"
