@@ -29,7 +29,7 @@ from mlfs.manifest.generate import ChunkHasher, list_prefix
 from mlfs.manifest.model import DEFAULT_CHUNK_SIZE, FileEntry, Manifest, Source
 from mlfs.preprocess.cache import RESULT_CHUNK, TOKEN_FILE, CachedResult
 from mlfs.preprocess.client import call_service
-from mlfs.preprocess.work import WorkFailure, write_atomically
+from mlfs.preprocess.work import WorkFailure, holds, write_atomically
 from mlfs.s3.client import split_s3_url
 
 META_DIR = ".mlfs"
@@ -259,12 +259,21 @@ class LocalOutput:
     def path_of(self, rel: str) -> Path:
         return self.root / rel
 
-    def write(self, rel: str, data: bytes, md5: str | None = None) -> None:
+    def write(self, rel: str, data: bytes, md5: str | None = None, sha256: str | None = None) -> None:
         try:
-            write_atomically(self.path_of(rel), data)
+            write_atomically(self.path_of(rel), data, sha256=sha256)
         except WorkFailure as exc:
             raise InputError(str(exc)) from None
         self.written_elsewhere(rel)
+
+    def already_has(self, rel: str, sha256: str, size: int) -> bool:
+        """True when the output in place is this result, written by a run and unchanged since."""
+        return holds(self.path_of(rel), sha256, size)
+
+    def keep(self, rel: str) -> None:
+        """Count an output already in place as part of this run's dataset (not written)."""
+        with self._lock:
+            self._written.add(rel)
 
     def written_elsewhere(self, rel: str) -> None:
         """Count an output a worker process wrote."""

@@ -21,6 +21,7 @@ any parameter, or of the code of any step, changes the digest.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -87,10 +88,16 @@ class Pipeline:
 
     def result_key(self, input_sha256: str) -> str:
         """The cache key of one input's result: SHA-256 over the per-image pipeline and the input digest."""
-        h = hashlib.sha256(b"mlfs.preprocess.result/1\0")
-        h.update(self.sample_json().encode())
+        h = self._key_prefix.copy()
         h.update(b"\0" + input_sha256.encode())
         return h.hexdigest()
+
+    @functools.cached_property
+    def _key_prefix(self) -> Any:
+        # Hashed once per pipeline, not once per input.
+        h = hashlib.sha256(b"mlfs.preprocess.result/1\0")
+        h.update(self.sample_json().encode())
+        return h
 
     def to_document(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed,

@@ -41,9 +41,10 @@ from mlfs.preprocess.locations import (
 )
 from mlfs.preprocess.pipeline import Pipeline
 from mlfs.preprocess.steps import ImageFailure, output_suffix
-from mlfs.preprocess.work import Job, WorkFailure, compute, prepare_worker
+from mlfs.preprocess.work import Job, Outcome, WorkFailure, compute, compute_many, prepare_worker
 
 MAX_FAILURES_KEPT = 1000
+BATCH = 8  # inputs per hand-off to an I/O thread and per worker call
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Run:
         try:
             with ThreadPoolExecutor(self.io_threads) as threads:
                 try:
-                    for _ in threads.map(self._handle, planned):
+                    for _ in threads.map(self._handle, self._batches(planned)):
                         self._report()
                 except BaseException:
                     self.stop.set()  # interrupted: inputs not yet started are skipped
@@ -182,30 +183,61 @@ class Run:
             planned.append((item, out))
         return planned
 
-    def _handle(self, job: tuple[InputItem, str]) -> None:
-        item, out = job
-        if self.stop.is_set():
-            return
-        try:
-            self._one(item, out)
-        except (InputError, ImageFailure) as exc:
-            self._fail(item, str(exc))
+    def _batches(self, planned: list[tuple[InputItem, str]]) -> list[list[tuple[InputItem, str]]]:
+        # Inputs travel in small batches: one thread hand-off and one worker round trip
+        # per batch instead of per image (measured: per-image hand-offs cost the parent
+        # 0.75 ms of CPU an image, a sixth of what the image work costs). Batches stay
+        # small enough that every I/O thread and every worker has some.
+        size = max(1, min(BATCH, len(planned) // (self.io_threads * 2)))
+        return [planned[i:i + size] for i in range(0, len(planned), size)]
 
-    def _one(self, item: InputItem, out: str) -> None:
+    def _handle(self, batch: list[tuple[InputItem, str]]) -> None:
+        pending: list[tuple[InputItem, str, Job]] = []
+        for item, out in batch:
+            if self.stop.is_set():
+                return
+            try:
+                job = self._one(item, out)
+            except (InputError, ImageFailure) as exc:
+                self._fail(item, str(exc))
+                continue
+            if job is not None:
+                pending.append((item, out, job))
+        if not pending:
+            return
+        for (item, out, job), outcome in zip(pending, self._compute([job for _, _, job in pending]), strict=True):
+            try:
+                if isinstance(outcome, WorkFailure):
+                    raise InputError(str(outcome))
+                if isinstance(outcome, Exception):
+                    raise outcome
+                self._computed(out, job, *outcome)
+            except (InputError, ImageFailure) as exc:
+                self._fail(item, str(exc))
+
+    def _one(self, item: InputItem, out: str) -> Job | None:
+        """Everything for one input up to the image work: the job for a worker, or None
+        when the input was served from the cache."""
         data: bytes | None = None
         digest = item.sha256
         if digest is None:
             data = self.source.read(item)
             digest = verify_digest(item, data)
         key = self.pipeline.result_key(digest)
-        if isinstance(self.output, S3Output) and not self._shards:
-            # The destination already holds the cached result's exact bytes (its ETag is
-            # the MD5 the entry recorded): nothing to read, verify or send.
+        if not self._shards:
+            # The destination already holds the cached result's exact bytes (an S3
+            # object whose ETag is the MD5 the entry recorded; a local file a run wrote
+            # with the entry's SHA-256, unchanged since): nothing to read, verify or send.
             known = self.cache.describe(key)
-            if known is not None and known.md5 and self.output.already_has(out, known.size, known.md5):
+            if known is not None and isinstance(self.output, S3Output):
+                if known.md5 and self.output.already_has(out, known.size, known.md5):
+                    self._count("cached")
+                    self.output.record(out, known)
+                    return None
+            elif known is not None and self.output.already_has(out, known.sha256, known.size):
                 self._count("cached")
-                self.output.record(out, known)
-                return
+                self.output.keep(out)
+                return None
         entry = self.cache.lookup(key)
         result: bytes | None = None
         # Shards read cached results at the end; an S3 destination may already hold them.
@@ -215,21 +247,27 @@ class Run:
                 entry = None
         if entry is not None:
             self._count("cached")
-        else:
-            if data is None:
-                data = self.source.read(item)
-                verify_digest(item, data)
-            self._count("decoded")
-            # The worker caches the result and writes a local output itself.
-            local = self.output.path_of(out) if isinstance(self.output, LocalOutput) and not self._shards else None
-            entry, result = self._compute(Job(
-                self._sample_json, data, digest, key, str(self.cache.store.root), self.cache.store.budget,
-                want_md5=isinstance(self.output, S3Output), out_path=None if local is None else str(local),
-                return_bytes=isinstance(self.output, S3Output) and not self._shards))
-            self._count("done")
-            if local is not None:
-                self.output.written_elsewhere(out)
-                return
+            self._deliver(out, entry, result)
+            return None
+        if data is None:
+            data = self.source.read(item)
+            verify_digest(item, data)
+        self._count("decoded")
+        # The worker caches the result and writes a local output itself.
+        local = self.output.path_of(out) if isinstance(self.output, LocalOutput) and not self._shards else None
+        return Job(self._sample_json, data, digest, key, str(self.cache.store.root), self.cache.store.budget,
+                   want_md5=isinstance(self.output, S3Output), out_path=None if local is None else str(local),
+                   return_bytes=isinstance(self.output, S3Output) and not self._shards)
+
+    def _computed(self, out: str, job: Job, entry: CachedResult, result: bytes | None) -> None:
+        self._count("done")
+        if job.out_path is not None:
+            self.output.written_elsewhere(out)
+            return
+        self._deliver(out, entry, result)
+
+    def _deliver(self, out: str, entry: CachedResult, result: bytes | None) -> None:
+        """Put a result (its bytes, if already at hand) into the destination."""
         if self._shards:
             with self._lock:
                 self._results[out] = entry
@@ -244,29 +282,28 @@ class Run:
         if isinstance(self.output, S3Output):
             self.output.write(out, result, entry.md5 or None, cached=entry)
         else:
-            self.output.write(out, result, entry.md5 or None)
+            self.output.write(out, result, entry.md5 or None, sha256=entry.sha256)
 
-    def _compute(self, job: Job) -> tuple[CachedResult, bytes | None]:
+    def _compute(self, jobs: list[Job]) -> list[Outcome]:
         # A worker that dies (killed, or crashed inside a decoder) breaks the whole pool
         # and fails every image in flight. Each of those is tried again alone, in a
         # process of its own, so only an image that kills its own worker is reported.
         pool = self._workers()
         try:
-            return pool.submit(compute, job).result()
-        except WorkFailure as exc:
-            raise InputError(str(exc)) from None
+            return pool.submit(compute_many, compute, jobs).result()
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
                     self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
-        with self._suspects, worker_pool(1) as alone:
-            try:
-                return alone.submit(compute, job).result()
-            except WorkFailure as exc:
-                raise InputError(str(exc)) from None
-            except BrokenProcessPool:
-                raise ImageFailure("a worker process died while processing it") from None
+        outcomes: list[Outcome] = []
+        for job in jobs:
+            with self._suspects, worker_pool(1) as alone:
+                try:
+                    outcomes.extend(alone.submit(compute_many, compute, [job]).result())
+                except BrokenProcessPool:
+                    outcomes.append(ImageFailure("a worker process died while processing it"))
+        return outcomes
 
     def _workers(self) -> ProcessPoolExecutor:
         # Started at the first cache miss: a fully cached run starts no process at all.

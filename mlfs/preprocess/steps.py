@@ -244,7 +244,7 @@ def normalize(value: Data, p: dict[str, Any], rng: np.random.Generator) -> np.nd
     height, width = arr.shape[:2]
     planes = np.empty((channels, height, width), dtype=np.float32)
     for c in range(channels):
-        np.take(table[c], arr[:, :, c], out=planes[c])
+        np.take(table[c], arr[:, :, c], out=planes[c], mode="clip")  # uint8: always in range
     return planes.transpose(1, 2, 0)
 
 

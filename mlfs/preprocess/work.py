@@ -8,17 +8,20 @@ result is produced, hashed and written by the process that computed it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import hashlib
 import mmap
 import os
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlfs.preprocess.cache import CachedResult, ResultCache
-from mlfs.preprocess.steps import process
+from mlfs.preprocess.steps import ImageFailure, process
 from mlfs.store.chunks import ChunkStore
 from mlfs.store.direct_io import DirectWriter
 
@@ -42,20 +45,20 @@ class Job:
 
 _BUFFER_STEP = 16 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
-_buffer: mmap.mmap | None = None  # this process's page-aligned staging buffer
+_SLOTS = 2  # results whose writes may be in flight while the next image is computed
+_buffers: list[mmap.mmap | None] = [None] * _SLOTS  # this process's page-aligned staging buffers
 
 
-def _staged(result: bytes) -> memoryview:
-    """`result` copied into a reused page-aligned buffer, so the store writes it with
-    O_DIRECT: the cache's copy goes to disk without a second copy of every result in
-    fresh page-cache memory (the most expensive part of storing it, measured)."""
-    global _buffer
-    if _buffer is None or len(_buffer) < len(result):
-        if _buffer is not None:
-            _buffer.close()
-        _buffer = mmap.mmap(-1, max(_BUFFER_STEP, -(-len(result) // _BUFFER_STEP) * _BUFFER_STEP))
-    _buffer[:len(result)] = result
-    return memoryview(_buffer)[:len(result)]
+def _staged(result: bytes, slot: int) -> memoryview:
+    """`result` copied into a reused page-aligned buffer, so that both copies of it
+    (cache and local output) are written with O_DIRECT: without them, copying every
+    result into fresh page-cache memory was the most expensive part of storing it."""
+    buf = _buffers[slot]
+    if buf is None or len(buf) < len(result):
+        # The old buffer is unmapped when the last view of it is gone.
+        buf = _buffers[slot] = mmap.mmap(-1, max(_BUFFER_STEP, -(-len(result) // _BUFFER_STEP) * _BUFFER_STEP))
+    buf[:len(result)] = result
+    return memoryview(buf)[:len(result)]
 
 
 def prepare_worker() -> None:
@@ -83,35 +86,106 @@ def _cache(root: str, budget: int | None) -> ResultCache:
 def compute(job: Job) -> tuple[CachedResult, bytes | None]:
     """Run the pipeline on one input, cache the result, write it if local; raises
     `ImageFailure` for a bad input and `WorkFailure` when storing fails."""
-    result = process(job.sample_json, job.data, job.input_sha256)
-    staged = _staged(result)
-    # Both copies go to the disk at once (O_DIRECT writes wait for the device).
-    written = None if job.out_path is None else _output_thread().submit(
-        write_atomically, Path(job.out_path), staged, True)
+    return _start(job, 0)()
+
+
+Outcome = tuple[CachedResult, bytes | None] | Exception
+
+
+def compute_many(fn: Callable[[Job], tuple[CachedResult, bytes | None]], jobs: list[Job]) -> list[Outcome]:
+    """`fn` (`compute`, or a stand-in a test gives) on each job; a bad input's
+    `ImageFailure`, or a `WorkFailure`, is its outcome and the batch goes on.
+
+    With `compute`, an image's writes (which wait for the disk) run while the next
+    image is computed; every write has finished when this returns.
+    """
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    in_flight: list[tuple[int, Callable[[], tuple[CachedResult, bytes | None]]] | None] = [None] * _SLOTS
+
+    def settle(slot: int) -> None:
+        pending = in_flight[slot]
+        if pending is not None:
+            in_flight[slot] = None
+            index, finish = pending
+            try:
+                outcomes[index] = finish()
+            except (ImageFailure, WorkFailure) as exc:
+                outcomes[index] = exc
+
     try:
-        entry = _cache(job.store_root, job.store_budget).put(job.key, staged, want_md5=job.want_md5, aligned=True)
-    except OSError as exc:
-        raise WorkFailure(f"cannot cache its result: {exc.strerror or exc}") from None
+        for index, job in enumerate(jobs):
+            slot = index % _SLOTS
+            settle(slot)  # its buffer is free again
+            try:
+                if fn is compute:
+                    in_flight[slot] = (index, _start(job, slot))
+                else:
+                    outcomes[index] = fn(job)
+            except (ImageFailure, WorkFailure) as exc:
+                outcomes[index] = exc
     finally:
-        if written is not None:
-            written.result()
-    return entry, (result if job.return_bytes else None)
+        for slot in range(_SLOTS):
+            settle(slot)
+    return outcomes  # type: ignore[return-value]  # every index is settled
+
+
+def _start(job: Job, slot: int) -> Callable[[], tuple[CachedResult, bytes | None]]:
+    """Compute one result and start writing it (cache and local output, at once);
+    the returned call waits for the writes and gives the outcome."""
+    result = process(job.sample_json, job.data, job.input_sha256)
+    staged = _staged(result, slot)
+    sha256 = hashlib.sha256(staged).hexdigest()
+    cache = _cache(job.store_root, job.store_budget)
+    writers = _write_threads()
+    cached = writers.submit(cache.put, job.key, staged, job.want_md5, True, sha256)
+    written = None if job.out_path is None else writers.submit(
+        write_atomically, Path(job.out_path), staged, True, sha256)
+
+    def finish() -> tuple[CachedResult, bytes | None]:
+        try:
+            entry = cached.result()
+        except OSError as exc:
+            raise WorkFailure(f"cannot cache its result: {exc.strerror or exc}") from None
+        finally:
+            if written is not None:
+                written.result()
+        return entry, (result if job.return_bytes else None)
+
+    return finish
 
 
 @functools.lru_cache(maxsize=1)
-def _output_thread() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(1, thread_name_prefix="mlfs-output")
+def _write_threads() -> ThreadPoolExecutor:
+    # Created in the worker process (a thread does not survive a fork).
+    return ThreadPoolExecutor(2 * _SLOTS, thread_name_prefix="mlfs-write")
 
 
 _writer = DirectWriter()
 
 
-def write_atomically(path: Path, data: bytes | memoryview, aligned: bool = False) -> None:
+# On a written output: the SHA-256 of what was written, its size and modification time.
+# A re-run finds an output that still matches the result it would write and leaves it
+# alone; a file changed since (its mtime moved) is written again.
+_WRITTEN_XATTR = "user.mlfs.result"
+
+
+def holds(path: Path, sha256: str, size: int) -> bool:
+    """True when `path` is an output written with exactly these bytes and unchanged since."""
+    try:
+        st = os.stat(path)
+        mark = os.getxattr(path, _WRITTEN_XATTR).decode()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return st.st_size == size and mark == f"{sha256}:{size}:{st.st_mtime_ns}"
+
+
+def write_atomically(path: Path, data: bytes | memoryview, aligned: bool = False, sha256: str | None = None) -> None:
     """Write `path` through a temp file and a rename: readers see the old file or the new.
 
     `aligned` (`data` starts on a page boundary): written with O_DIRECT where the file
     system takes it; a dataset's outputs are read later, by other processes, and
     filling the page cache with them costs the worker more CPU than computing them.
+    `sha256` (of `data`) is recorded on the file for `holds`.
     """
     try:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -121,7 +195,13 @@ def write_atomically(path: Path, data: bytes | memoryview, aligned: bool = False
             except FileNotFoundError:  # the first output in its directory
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = _writer.create(tmp, memoryview(data), aligned)
-            os.close(fd)
+            try:
+                if sha256 is not None:
+                    st = os.fstat(fd)
+                    with contextlib.suppress(OSError):  # no user xattrs here: outputs are rewritten
+                        os.setxattr(fd, _WRITTEN_XATTR, f"{sha256}:{st.st_size}:{st.st_mtime_ns}".encode())
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

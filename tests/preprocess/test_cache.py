@@ -93,3 +93,51 @@ def test_an_image_that_kills_its_worker_fails_alone(tmp_path: Path, monkeypatch:
                 LocalOutput(str(tmp_path / "out")), ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
     assert (stats.done, stats.failed) == (6, 1), "only the image that kills its worker may fail"
     assert stats.failures == [(str(src / "poison.png"), "a worker process died while processing it")]
+
+
+def test_entries_are_shared_by_every_cache_on_the_store(tmp_path: Path) -> None:
+    writer, reader = ResultCache(ChunkStore(tmp_path)), ResultCache(ChunkStore(tmp_path))
+    assert reader.lookup(KEY) is None
+    entry = writer.put(KEY, b"result bytes")
+    assert reader.lookup(KEY) == entry, "an entry another process appended must be found"
+    reader._drop(KEY)
+    assert writer.describe(KEY) is None, "a drop another process appended must be seen"
+    writer.put(KEY, b"result bytes")
+    assert reader.clear() == 1 and writer.describe(KEY) is None, "a clear must be seen by every process"
+
+
+def test_a_record_cut_short_damages_no_other_record(tmp_path: Path) -> None:
+    cache = ResultCache(ChunkStore(tmp_path))
+    first = cache.put("a1" * 32, b"first")
+    with open(tmp_path / "preprocess" / "results" / "a.log", "ab") as log:
+        log.write(b'\n{"key":"a2a2","size":')  # what a full disk leaves of a record
+    second = cache.put("a3" * 32, b"second")
+    fresh = ResultCache(ChunkStore(tmp_path))
+    assert (fresh.lookup("a1" * 32), fresh.lookup("a3" * 32)) == (first, second), \
+        "the records before and after a torn one must both be read"
+    assert fresh.stats()["results"] == 2, "the torn record must be skipped"
+
+
+def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(tmp_path: Path) -> None:
+    src = tmp_path / "images"
+    src.mkdir()
+    for i in range(4):
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * 50, np.uint8)).save(out, format="PNG")
+        (src / f"{i}.png").write_bytes(out.getvalue())
+    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
+    dest = tmp_path / "out"
+
+    def run():  # type: ignore[no-untyped-def]
+        return Run(pipeline, LocalInput(str(src)), LocalOutput(str(dest)),
+                   ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
+
+    first = run()
+    assert (first.done, first.written) == (4, 4)
+    original = (dest / "2.webp").read_bytes()
+    again = run()
+    assert (again.cached, again.decoded, again.written) == (4, 0, 0), "identical outputs must not be written again"
+    (dest / "2.webp").write_bytes(b"edited by hand")
+    third = run()
+    assert (third.cached, third.decoded, third.written) == (4, 0, 1), "only the changed output is written again"
+    assert (dest / "2.webp").read_bytes() == original, "the changed output must hold the result again"
