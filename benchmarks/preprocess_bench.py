@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import shutil
 import statistics
 import sys
@@ -67,6 +68,9 @@ def runner(src: Path, out: Path, cache: Path, workers: int = 2) -> tuple[int, in
 
 
 def timed(fn, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    # Earlier rounds' outputs still waiting for writeback would slow whichever run
+    # meets them (a gateway's fsyncs queue behind gigabytes of them): flush first.
+    os.sync()
     t0 = time.perf_counter()
     result = fn(*args)
     n = result[0] if isinstance(result, tuple) else result
