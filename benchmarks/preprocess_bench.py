@@ -2,7 +2,7 @@
 loop doing the same steps on the same images, and a cached re-run vs the first run
 (local directories, and a real `mlfs serve` holding the images).
 
-    python benchmarks/preprocess_bench.py [--images 600] [--runs 3]
+    python benchmarks/preprocess_bench.py [--images 600] [--runs 5]
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def gateway_bench(work: Path, images: int, runs: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=600)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mlfs-pp-bench-"))
     try:
