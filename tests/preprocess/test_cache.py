@@ -18,6 +18,16 @@ from mlfs.store.chunks import ChunkStore
 KEY = "12" * 32
 
 
+def _png_dir(root: Path, count: int, step: int) -> Path:
+    """`count` flat 8x8 PNGs (grey levels 0, step, 2*step, ...) in a new directory."""
+    root.mkdir()
+    for i in range(count):
+        out = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), i * step, np.uint8)).save(out, format="PNG")
+        (root / f"{i}.png").write_bytes(out.getvalue())
+    return root
+
+
 def test_put_lookup_read(tmp_path: Path) -> None:
     cache = ResultCache(ChunkStore(tmp_path))
     entry = cache.put(KEY, b"result bytes")
@@ -53,12 +63,7 @@ def test_clear_forgets_and_frees(tmp_path: Path) -> None:
 
 
 def test_destination_inside_the_source_is_not_read_as_input(tmp_path: Path) -> None:
-    src = tmp_path / "images"
-    src.mkdir()
-    for i in range(3):
-        out = io.BytesIO()
-        Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(out, format="PNG")
-        (src / f"{i}.png").write_bytes(out.getvalue())
+    src = _png_dir(tmp_path / "images", 3, 40)
     pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
     for _ in range(2):
         stats = Run(pipeline, LocalInput(str(src)), LocalOutput(str(src / "thumbs")),
@@ -82,12 +87,7 @@ def test_an_image_that_kills_its_worker_fails_alone(tmp_path: Path, monkeypatch:
 
     # Pickled by name, so the fork server's fresh worker runs it too.
     monkeypatch.setattr(runner, "compute", _dies_on_marker)
-    src = tmp_path / "images"
-    src.mkdir()
-    for i in range(6):
-        out = io.BytesIO()
-        Image.fromarray(np.full((8, 8, 3), i * 30, np.uint8)).save(out, format="PNG")
-        (src / f"{i}.png").write_bytes(out.getvalue())
+    src = _png_dir(tmp_path / "images", 6, 30)
     (src / "poison.png").write_bytes(b"KILLS-THE-WORKER")
     stats = Run(load_pipeline("thumbnail-webp", ["resize.size=4"]), LocalInput(str(src)),
                 LocalOutput(str(tmp_path / "out")), ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
@@ -119,12 +119,7 @@ def test_a_record_cut_short_damages_no_other_record(tmp_path: Path) -> None:
 
 
 def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(tmp_path: Path) -> None:
-    src = tmp_path / "images"
-    src.mkdir()
-    for i in range(4):
-        out = io.BytesIO()
-        Image.fromarray(np.full((8, 8, 3), i * 50, np.uint8)).save(out, format="PNG")
-        (src / f"{i}.png").write_bytes(out.getvalue())
+    src = _png_dir(tmp_path / "images", 4, 50)
     pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
     dest = tmp_path / "out"
 
