@@ -25,7 +25,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlfs.store.chunks import ChunkStore
@@ -49,9 +49,9 @@ class CachedResult:
 @dataclass
 class _Log:
     """What this process has read of one log file."""
-    inode: int = -1
+    inode: int = -1  # no file read yet
     offset: int = 0
-    entries: dict[str, CachedResult] | None = None
+    entries: dict[str, CachedResult] = field(default_factory=dict)
 
 
 class ResultCache:
@@ -75,7 +75,7 @@ class ResultCache:
             except FileNotFoundError:
                 log.inode, log.offset, log.entries = -1, 0, {}
                 return log.entries
-            if log.entries is None or st.st_ino != log.inode or st.st_size < log.offset:
+            if st.st_ino != log.inode or st.st_size < log.offset:
                 log.inode, log.offset, log.entries = st.st_ino, 0, {}  # new, or cleared and rewritten
             if st.st_size > log.offset:
                 with open(path, "rb") as f:
@@ -158,7 +158,7 @@ class ResultCache:
             chunks = tuple(self._put_chunk(view[i:i + RESULT_CHUNK], aligned)
                            for i in range(0, max(len(view), 1), RESULT_CHUNK))
         # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
-        whole = chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest()
+        whole = sha256 or (chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest())
         entry = CachedResult(key, len(view), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
         self._append(key, {"size": entry.size, "sha256": entry.sha256, "md5": entry.md5, "chunks": list(chunks)})
         return entry
@@ -207,7 +207,7 @@ class ResultCache:
     def _drop(self, key: str) -> None:
         with self._lock:
             log = self._logs.get(key[0])
-            if log is not None and log.entries is not None:
+            if log is not None:
                 log.entries.pop(key, None)
         with contextlib.suppress(OSError):
             self._append(key, {"drop": True})

@@ -188,7 +188,11 @@ class S3Output:
         """True when the destination holds exactly these bytes under `rel` (single-part ETag = MD5)."""
         return self._existing.get(rel) == (size, md5)
 
-    def record(self, rel: str, result: CachedResult) -> None:
+    def holds_result(self, rel: str, result: CachedResult) -> bool:
+        """True when the object in place is this result (its ETag is the MD5 the entry recorded)."""
+        return bool(result.md5) and self.already_has(rel, result.size, result.md5)
+
+    def keep(self, rel: str, result: CachedResult) -> None:
         """Put an output that is already in place into the manifest (its chunks are the result's)."""
         key = self.prefix + rel
         entry = FileEntry(rel, result.size, result.sha256, result.chunks,
@@ -266,11 +270,11 @@ class LocalOutput:
             raise InputError(str(exc)) from None
         self.written_elsewhere(rel)
 
-    def already_has(self, rel: str, sha256: str, size: int) -> bool:
+    def holds_result(self, rel: str, result: CachedResult) -> bool:
         """True when the output in place is this result, written by a run and unchanged since."""
-        return holds(self.path_of(rel), sha256, size)
+        return holds(self.path_of(rel), result.sha256, result.size)
 
-    def keep(self, rel: str) -> None:
+    def keep(self, rel: str, result: CachedResult) -> None:
         """Count an output already in place as part of this run's dataset (not written)."""
         with self._lock:
             self._written.add(rel)

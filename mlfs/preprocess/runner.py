@@ -41,7 +41,7 @@ from mlfs.preprocess.locations import (
 )
 from mlfs.preprocess.pipeline import Pipeline
 from mlfs.preprocess.steps import ImageFailure, output_suffix
-from mlfs.preprocess.work import Job, Outcome, WorkFailure, compute, compute_many, prepare_worker
+from mlfs.preprocess.work import Job, Outcome, compute, compute_many, prepare_worker
 
 MAX_FAILURES_KEPT = 1000
 BATCH = 8  # inputs per hand-off to an I/O thread and per worker call
@@ -206,11 +206,10 @@ class Run:
         if not pending:
             return
         for (item, out, job), outcome in zip(pending, self._compute([job for _, _, job in pending]), strict=True):
+            if isinstance(outcome, Exception):  # the image failed, or its result could not be stored
+                self._fail(item, str(outcome))
+                continue
             try:
-                if isinstance(outcome, WorkFailure):
-                    raise InputError(str(outcome))
-                if isinstance(outcome, Exception):
-                    raise outcome
                 self._computed(out, job, *outcome)
             except (InputError, ImageFailure) as exc:
                 self._fail(item, str(exc))
@@ -229,14 +228,9 @@ class Run:
             # object whose ETag is the MD5 the entry recorded; a local file a run wrote
             # with the entry's SHA-256, unchanged since): nothing to read, verify or send.
             known = self.cache.describe(key)
-            if known is not None and isinstance(self.output, S3Output):
-                if known.md5 and self.output.already_has(out, known.size, known.md5):
-                    self._count("cached")
-                    self.output.record(out, known)
-                    return None
-            elif known is not None and self.output.already_has(out, known.sha256, known.size):
+            if known is not None and self.output.holds_result(out, known):
                 self._count("cached")
-                self.output.keep(out)
+                self.output.keep(out, known)
                 return None
         entry = self.cache.lookup(key)
         result: bytes | None = None
@@ -273,8 +267,8 @@ class Run:
                 self._results[out] = entry
             return
         if result is None:
-            if entry.md5 and isinstance(self.output, S3Output) and self.output.already_has(out, entry.size, entry.md5):
-                self.output.record(out, entry)
+            if self.output.holds_result(out, entry):
+                self.output.keep(out, entry)
                 return
             result = self.cache.read(entry)
             if result is None:

@@ -5,7 +5,7 @@ about ten times the CPU of handing them to the disk directly (the first touch of
 page-cache memory is slow in a VM), so bulk writers that will not read their bytes back
 soon write them with `O_DIRECT`. Only the page-aligned part of a file can go that way;
 the tail is written through the page cache. File systems that refuse `O_DIRECT`
-(tmpfs, some network and FUSE file systems) get ordinary writes.
+(tmpfs before Linux 6.6, some network and FUSE file systems) get ordinary writes.
 """
 
 from __future__ import annotations
