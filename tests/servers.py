@@ -8,6 +8,7 @@ A missing binary is an error, never a skip: these tests are the proof that mlfs 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -26,10 +27,33 @@ ACCESS_KEY = "mlfs-test-access"
 SECRET_KEY = "mlfs-test-secret-key"
 
 
+_ports = random.Random(os.urandom(16))  # its own generator: tests that seed `random` do not repeat ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the ephemeral range, and once
+    released any outgoing connection (of a server already started) may take it before
+    the next server binds it: a SeaweedFS cluster once failed to start that way.
+    """
+    low = _ephemeral_low()
+    for _ in range(500):
+        port = _ports.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port between 10000 and {low}")
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
