@@ -42,10 +42,11 @@ def mount_artifact(
 ) -> int:
     """Validate everything that can be validated, then mount (daemonising unless foreground).
 
-    Every check that can fail on user input runs before the fork, so errors are printed
-    by the process the user started and nothing is mounted. With `command`, the mount
-    stays in the foreground, runs it once ready and unmounts when it exits; the return
-    value is then its exit status (0 otherwise).
+    Errors are printed by the process the user started and nothing is mounted: checks
+    of the user's input run before the fork, and the S3 check and the mount itself
+    report back through the readiness pipe. With `command`, the mount stays in the
+    foreground, runs it once ready and unmounts when it exits; the return value is then
+    its exit status (0 otherwise).
     """
     import os
 
@@ -55,12 +56,14 @@ def mount_artifact(
     from mlfs.fuse.mountpoints import check_mountpoint
     from mlfs.fuse.session import MountSession, SessionSettings
     from mlfs.log import configure
-    from mlfs.metrics import parse_metrics_addr
     from mlfs.registry.client import describe_resolution, load_mount_manifest
     from mlfs.s3.probe import probe_s3
 
     opts.validate()
     if metrics_addr is not None:
+        # Imported only here: it brings prometheus_client, which other mounts do not need.
+        from mlfs.metrics import parse_metrics_addr
+
         parse_metrics_addr(metrics_addr)
     run = MountedCommand(command) if command is not None else None
     # A container's main process, and a mount that runs a command, stay in the foreground.
@@ -96,32 +99,38 @@ def mount_artifact(
         wait_prefetch=opts.wait_prefetch,
         kernel_flags=tuple(opts.kernel_flags),
     )
-    # Unreachable S3, a wrong endpoint or refused credentials are reported here, by the
-    # command the user ran, and nothing gets mounted.
-    try:
-        probe_s3(manifest, s3_settings(opts))
-    except MountError:
-        # A store that already holds every chunk (a warmed node) serves the mount offline.
-        if not all(store.contains(d) for f in manifest.files for d in f.chunks):
-            raise
-        say("mlfs: S3 cannot be used, but the cache holds every chunk: mounting from the cache")
     if foreground:
         def said(error: str | None) -> None:
             if error is None and run is None:
                 say(f"mlfs: mounted {manifest.name or manifest_path} at {path} (Ctrl-C to unmount)")
+        note = say
     else:
-        log_file = opts.log_file or (opts.cache / "mount.log")
-        said = daemonize(log_file)
+        # Forked before any S3 work: the one client the mount uses is made (and checked)
+        # in the process that keeps it, and what fails from here on reaches the user's
+        # terminal through the readiness pipe, with nothing mounted.
+        detached = daemonize(opts.log_file or (opts.cache / "mount.log"))
         configure(logging.INFO, json_lines=json_logs)
+        said, note = detached.report, detached.note
 
     def report(error: str | None) -> None:
         said(error)
         if error is None:
             notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {manifest.name} {manifest.version}")
 
-    # The S3 client is created after the fork: boto3 sessions and their connection
-    # pools must not cross a fork.
-    client = make_client(s3_settings(opts))
+    try:
+        client = make_client(s3_settings(opts))
+        # Unreachable S3, a wrong endpoint or refused credentials are reported now, by
+        # the command the user ran, and nothing gets mounted.
+        try:
+            probe_s3(manifest, client=client)
+        except MountError:
+            # A store that already holds every chunk (a warmed node) serves the mount offline.
+            if not all(store.contains(d) for f in manifest.files for d in f.chunks):
+                raise
+            note("mlfs: S3 cannot be used, but the cache holds every chunk: mounting from the cache")
+    except MlfsError as exc:
+        report(str(exc))
+        raise
     session = MountSession(manifest, store, client, settings, policy)
     session.command = run
     session.policy_for = lambda m: build_policy(m, opts, learn=False)

@@ -3,19 +3,43 @@ tell systemd (Type=notify) when the mount is ready and when it stops.
 
 The parent waits on a pipe: the child writes "ok" when the filesystem is mounted or
 "error: <message>" when it failed, so the user sees mount errors on their terminal and
-`mlfs mount` exits non-zero without leaving anything mounted.
+`mlfs mount` exits non-zero without leaving anything mounted. Lines "note: <message>"
+before that are printed as they are (what the user should know about a mount that
+goes ahead).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
-def daemonize(log_path: Path) -> Callable[[str | None], None]:
-    """Fork; the parent exits with the child's verdict, the child gets a `report` callback."""
+@dataclass
+class Detached:
+    """The child's line to the terminal the user started `mlfs mount` from."""
+
+    _fd: int
+    _reported: bool = False
+
+    def note(self, message: str) -> None:
+        """Printed on that terminal (once the verdict comes); the mount goes on."""
+        if not self._reported:
+            os.write(self._fd, b"note: " + " ".join(message.split()).encode() + b"\n")
+
+    def report(self, error: str | None) -> None:
+        """The verdict: mounted (None) or the error; only the first counts."""
+        if self._reported:
+            return
+        self._reported = True
+        line = "ok" if error is None else f"error: {error}"
+        os.write(self._fd, line.encode() + b"\n")
+        os.close(self._fd)
+
+
+def daemonize(log_path: Path) -> Detached:
+    """Fork; the parent exits with the child's verdict, the child gets its `Detached` line."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
@@ -26,8 +50,12 @@ def daemonize(log_path: Path) -> Callable[[str | None], None]:
         chunks = []
         while data := os.read(read_fd, 4096):
             chunks.append(data)
-        message = b"".join(chunks).decode(errors="replace").strip()
+        lines = b"".join(chunks).decode(errors="replace").strip().splitlines()
+        while lines and lines[0].startswith("note: "):
+            print(lines.pop(0)[6:], file=sys.stderr)
+        message = lines[0] if lines else ""
         if message == "ok":
+            sys.stderr.flush()
             os._exit(0)
         if message.startswith("error: "):
             print(f"mlfs: {message[7:]}", file=sys.stderr)
@@ -45,18 +73,7 @@ def daemonize(log_path: Path) -> Callable[[str | None], None]:
     os.close(devnull)
     os.close(log_fd)
     os.chdir("/")
-    reported = False
-
-    def report(error: str | None) -> None:
-        nonlocal reported
-        if reported:
-            return
-        reported = True
-        line = "ok" if error is None else f"error: {error}"
-        os.write(write_fd, line.encode() + b"\n")
-        os.close(write_fd)
-
-    return report
+    return Detached(write_fd)
 
 
 def notify_systemd(state: str) -> bool:

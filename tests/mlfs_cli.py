@@ -77,11 +77,15 @@ def wait_gone(pid: int, timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def mounted(manifest: Path, mountpoint: Path, env: dict[str, str], *extra: str) -> Iterator[Path]:
-    """Mount with the real CLI (daemon mode); always unmounted afterwards."""
+def mounted(manifest: Path, mountpoint: Path, env: dict[str, str], *extra: str,
+            said: list[str] | None = None) -> Iterator[Path]:
+    """Mount with the real CLI (daemon mode); always unmounted afterwards. `said` gets
+    the lines `mlfs mount` printed."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     DAEMON_LOGS.watch(mount_log_path(extra, env))
-    mlfs("mount", manifest, mountpoint, *extra, env=env)
+    result = mlfs("mount", manifest, mountpoint, *extra, env=env)
+    if said is not None:
+        said.extend(result.stderr.strip().splitlines())
     assert find_mount(mountpoint) is not None, "mlfs mount returned 0 but nothing is mounted"
     pid = daemon_pid(mountpoint)
     try:

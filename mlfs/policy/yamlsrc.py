@@ -17,6 +17,9 @@ from yaml.constructor import SafeConstructor
 from mlfs.policy.errors import Problem
 
 MAX_FILE_BYTES = 4 * 1024 * 1024  # rule files are small; anything bigger is a mistake
+# libyaml's parser where PyYAML was built with it: the same nodes and marks, and it
+# composes the built-in rule files a mount reads at start-up about ten times faster.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class Report:
@@ -53,7 +56,7 @@ def compose_file(path: Path, report: Report) -> yaml.Node | None:
 
 def compose_text(text: bytes | str, report: Report) -> yaml.Node | None:
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0

@@ -22,13 +22,20 @@ _REFUSED = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Inva
             "ExpiredToken", "AuthorizationHeaderMalformed", "403", "401"}
 
 
-def probe_s3(manifest: Manifest, settings: S3Settings) -> None:
-    """Raise MountError naming the problem if the manifest's S3 cannot be used."""
+def probe_s3(manifest: Manifest, settings: S3Settings | None = None, client: Any = None) -> None:
+    """Raise MountError naming the problem if the manifest's S3 cannot be used.
+
+    With `client`, the probe uses it (and leaves it open: a mount goes on with the client
+    it checked, instead of paying for a second one); else a short-lived one from `settings`.
+    """
     entry = next((e for e in manifest.files if e.source.is_s3), None)
     if entry is None:
         return
-    quick = dataclasses.replace(settings, connect_timeout=5.0, read_timeout=10.0, own_retries=False, max_pool=2)
-    client = make_client(quick)
+    own = client is None
+    if own:
+        quick = dataclasses.replace(settings or S3Settings(), connect_timeout=5.0, read_timeout=10.0,
+                                    own_retries=False, max_pool=2)
+        client = make_client(quick)
     endpoint = client.meta.endpoint_url
     bucket, key = entry.source.bucket, entry.source.key
     try:
@@ -46,7 +53,8 @@ def probe_s3(manifest: Manifest, settings: S3Settings) -> None:
     except botocore.exceptions.BotoCoreError as exc:
         raise MountError(f"cannot reach S3 at {endpoint}: {exc}") from None
     finally:
-        client.close()
+        if own:
+            client.close()
 
 
 def _status(exc: botocore.exceptions.ClientError) -> int:

@@ -37,9 +37,12 @@ def test_warm_then_mount_fetches_nothing_verify_and_gc(artifact: Artifact, tmp_p
         assert json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)["fetch"]["requests"] == 0
 
     # With every chunk local, an unreachable S3 does not stop the mount (an offline node).
+    # The daemon finds that out after it forked; the terminal still hears why.
     offline = dict(artifact.env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
-    with mounted(manifest, tmp_path / "mnt", offline, "--cache", cache, "--no-policy") as mp:
+    said: list[str] = []
+    with mounted(manifest, tmp_path / "mnt", offline, "--cache", cache, "--no-policy", said=said) as mp:
         assert (mp / "exact.bin").read_bytes() == (artifact.local / "exact.bin").read_bytes()
+    assert said == ["mlfs: S3 cannot be used, but the cache holds every chunk: mounting from the cache"]
 
     assert mlfs("cache", "verify", "--cache", cache, env=artifact.env).returncode == 0
     victim = sorted(chunks)[0]
