@@ -57,6 +57,10 @@ class OpenFile:
         self.policy_state: object = None  # owned by the policy layer
         self._ahead_until = 0  # chunks below this index have been scheduled
         self._behind = 0  # chunks below this index were dropped behind
+        # The current run of reads that each follow the last closely (within a block):
+        # a run that began with a jump and is still short is a random reader's.
+        self._run_start = -1  # -1: the run began at the start of the file (a scan)
+        self._run_end = 0
 
     async def read(self, offset: int, size: int) -> bytes:
         return bytes(await self.read_for_reply(offset, size))
@@ -70,7 +74,7 @@ class OpenFile:
         # The kernel sends several reads of one file at once; the pattern is judged and
         # read-ahead started when a read arrives, not when it completes.
         self._observe(offset, size)
-        if self.window:
+        if self.window and not self.in_random_run():
             self._schedule_read_ahead(offset + size)
             if self.settings.drop_behind:
                 self._drop_behind(offset)
@@ -84,6 +88,13 @@ class OpenFile:
         chunk = self.reader.chunk_size
         # A first read from the start of the file begins a scan.
         sequential = offset < chunk if self.reads == 0 else abs(offset - self.next_offset) <= chunk
+        near = self.reader.block_size or chunk
+        if self.reads == 0:
+            self._run_start, self._run_end = (-1 if offset < chunk else offset), offset + size
+        elif abs(offset - self._run_end) > near:
+            self._run_start, self._run_end = offset, offset + size
+        else:
+            self._run_end = max(self._run_end, offset + size)
         self.reads += 1
         if sequential:
             self.sequential_reads += 1
@@ -97,6 +108,13 @@ class OpenFile:
             self.sequential_reads = 0
             self._ahead_until = 0
             self.next_offset = offset + size
+
+    def in_random_run(self) -> bool:
+        """The reads since the last jump cover at most two blocks: a random reader,
+        served block by block (when the manifest has block digests), without read-ahead."""
+        block = self.reader.block_size
+        return (block is not None and bool(self.entry.blocks) and self._run_start >= 0
+                and self._run_end - self._run_start <= 2 * block)
 
     def _schedule_read_ahead(self, position: int) -> None:
         chunk = self.reader.chunk_size
@@ -129,6 +147,7 @@ class ArtifactReader:
         self.store = store
         self.fetcher = fetcher
         self.chunk_size = manifest.chunk_size
+        self.block_size = manifest.block_size
         self.nursery = nursery
         self.read_ahead = read_ahead or ReadAheadSettings()
         self.listeners: list[ReadListener] = []
@@ -160,13 +179,20 @@ class ArtifactReader:
             return b""
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
+        # A random reader (not sequential, as its handle judged this read) of a chunk
+        # that is not local fetches only the blocks it reads, when the manifest has them.
+        by_block = handle is not None and handle.in_random_run()
         # Start every covered chunk at once, then stitch the pieces in order.
-        for i in range(first + 1, last + 1):
-            self.fetch_in_background(entry, i)
+        if not by_block:
+            for i in range(first + 1, last + 1):
+                self.fetch_in_background(entry, i)
         parts = []
         for i in range(first, last + 1):
             lo = max(offset, i * cs) - i * cs
             hi = min(end, (i + 1) * cs) - i * cs
+            if by_block and not self._at_hand(entry.chunks[i]):
+                parts.append(await self._read_blocks(entry, i * cs + lo, hi - lo))
+                continue
             parts.append(await self._read_chunk(entry, i, lo, hi - lo, view and first == last))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         for listener in self.listeners:
@@ -189,6 +215,22 @@ class ArtifactReader:
         # Evicted again before we could read it (the store is far smaller than what its
         # readers use at once): answer from a buffer of our own.
         return await self.fetcher.read_direct(entry, index, offset, size)
+
+    def _at_hand(self, digest: str) -> bool:
+        """The chunk is verified in memory, being fetched, or in the store (one stat)."""
+        return self.fetcher.is_ready(digest) or self.fetcher.is_in_flight(digest) or self.store.contains(digest)
+
+    async def _read_blocks(self, entry: FileEntry, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of `entry` from its verified blocks."""
+        bs = self.block_size
+        assert bs is not None
+        parts = []
+        for b in range(offset // bs, (offset + size - 1) // bs + 1):
+            data = await self.fetcher.read_block(entry, b, bs)
+            lo = max(offset, b * bs) - b * bs
+            hi = min(offset + size, (b + 1) * bs) - b * bs
+            parts.append(data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def fetch_in_background(self, entry: FileEntry, index: int) -> None:
         digest = entry.chunks[index]

@@ -10,19 +10,25 @@ import click
 from mlfs.cli.common import run_command, run_with_progress, setup_logging
 
 
-def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir: Path | None,
+def _check_options(chunk_size: str, block_size: str, workers: int, s3_url: str | None, local_dir: Path | None,
                    from_file: Path | None, output: str | None, prefetch: tuple[str, ...],
-                   no_prefetch: bool) -> int:
-    """Refuse every bad option before any listing or hashing starts; returns the chunk size."""
+                   no_prefetch: bool) -> tuple[int, int | None]:
+    """Refuse every bad option before any listing or hashing starts; returns the chunk
+    and block sizes (None: no block digests)."""
     from mlfs.config import parse_size
     from mlfs.errors import ConfigError
-    from mlfs.manifest.validate import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+    from mlfs.manifest.validate import MAX_CHUNK_SIZE, MIN_BLOCK_SIZE, MIN_CHUNK_SIZE
     from mlfs.s3.client import split_s3_url
 
     size = parse_size(chunk_size, "--chunk-size")
     if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes "
                           f"(64K to 1G), not {size}")
+    block = parse_size(block_size, "--block-size") if block_size not in ("0", "none") else 0
+    # A block as large as the chunk adds nothing: the chunk's own digest covers it.
+    if block and block < size and (block < MIN_BLOCK_SIZE or size % block):
+        raise ConfigError(f"--block-size must be 0 (none) or at least {MIN_BLOCK_SIZE} bytes and divide "
+                          f"the chunk size {size}, not {block}")
     if not 1 <= workers <= 256:
         raise ConfigError(f"--workers must be between 1 and 256, not {workers}")
     if prefetch and no_prefetch:
@@ -44,7 +50,7 @@ def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir:
             raise ConfigError(f"--output {output}: directory {parent} does not exist")
         if Path(output).is_dir():
             raise ConfigError(f"--output {output} is a directory")
-    return size
+    return size, (block if block and block < size else None)
 
 
 @click.command()
@@ -57,6 +63,9 @@ def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir:
 @click.option("--name", help="Artifact name [second-to-last prefix component].")
 @click.option("--version", "version_", help="Artifact version [last prefix component].")
 @click.option("--chunk-size", default="16M", show_default=True, help="Chunk size.")
+@click.option("--block-size", default="0", show_default=True,
+              help="Also record a SHA-256 per block of this size (e.g. 256K), so that a random read "
+                   "fetches and verifies one block instead of its whole chunk; 0 records none.")
 @click.option("--prefetch", multiple=True, help="Glob of files to fetch at mount (repeatable) [*.json, *.txt, ...].")
 @click.option("--no-prefetch", is_flag=True, help="Prefetch nothing at mount.")
 @click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
@@ -67,7 +76,7 @@ def _check_options(chunk_size: str, workers: int, s3_url: str | None, local_dir:
 @click.option("--workers", default=8, show_default=True, help="Objects read in parallel.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", count=True)
-def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, prefetch, no_prefetch,
+def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, block_size, prefetch, no_prefetch,
              endpoint_url, region, profile, rehash, workers, quiet, verbose) -> None:
     """Build a manifest of an artifact: every file, its size and its SHA-256 digests."""
     setup_logging(verbose)
@@ -77,8 +86,8 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
         from mlfs.manifest import generate as gen
         from mlfs.s3.client import S3Settings, make_client, split_s3_url
 
-        size = _check_options(chunk_size, workers, s3_url, local_dir, from_file, output,
-                              prefetch, no_prefetch)
+        size, block = _check_options(chunk_size, block_size, workers, s3_url, local_dir, from_file, output,
+                                     prefetch, no_prefetch)
         client = make_client(S3Settings(endpoint_url=endpoint_url, region=region, profile=profile,
                                         max_pool=max(10, workers + 2)))
         counter = gen.ByteCounter()
@@ -87,7 +96,7 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
         if from_file is not None:
             refs, meta = gen.refs_from_artifactfs(gen.read_json_file(from_file), str(from_file))
             files = run_with_progress("hashing", sum(r.size for r in refs), quiet,
-                                   lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
+                                   lambda: gen.hash_refs(client, refs, size, workers, counter, block), counter)
             default_name, default_version = meta["name"], meta["version"]
         else:
             bucket, prefix = split_s3_url(s3_url)
@@ -97,12 +106,14 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
                     if local_dir.is_dir() else 0
                 files, links = run_with_progress("hashing",
                     total, quiet,
-                    lambda: gen.entries_from_local(client, local_dir, bucket, prefix, size, workers, counter),
+                    lambda: gen.entries_from_local(client, local_dir, bucket, prefix, size, workers, counter, block),
                     counter)
             else:
                 from mlfs.manifest.from_gateway import fetch_gateway_manifest
 
-                known = None if rehash or size != DEFAULT_CHUNK_SIZE else fetch_gateway_manifest(client, bucket, prefix)
+                # The gateway knows chunk digests only: block digests mean reading the objects.
+                known = None if rehash or size != DEFAULT_CHUNK_SIZE or block \
+                    else fetch_gateway_manifest(client, bucket, prefix)
                 if known is not None:
                     if not quiet:
                         click.echo("mlfs: digests from the mlfs gateway (no re-hashing)", err=True)
@@ -110,11 +121,11 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, p
                 else:
                     refs = gen.refs_from_s3(client, bucket, prefix)
                     files = run_with_progress("hashing", sum(r.size for r in refs), quiet,
-                                           lambda: gen.hash_refs(client, refs, size, workers, counter), counter)
+                                           lambda: gen.hash_refs(client, refs, size, workers, counter, block), counter)
         globs = [] if no_prefetch else (list(prefetch) or meta.get("prefetch") or None)
         manifest = gen.build_manifest(
             name or default_name, version_ or default_version, files, links, globs, size,
-            meta.get("metadata"),
+            meta.get("metadata"), block,
         )
         gen.write_manifest(manifest, output)
         if output not in (None, "-"):

@@ -100,6 +100,7 @@ class FetchStatistics:
     buffers: int = 0  # buffers allocated (at most the pool size)
     buffer_waits: int = 0  # downloads that waited for a free buffer
     unstored: int = 0  # verified chunks the store could not take (disk full)
+    block_requests: int = 0  # ranged GETs of one block for a random read (also in `requests`)
 
     def plus(self, other: FetchStatistics) -> FetchStatistics:
         """Sum of two mounts' statistics (a switch keeps the counters of the old tree)."""
@@ -137,6 +138,7 @@ class _Flight:
 
 DEFAULT_BUFFERS = 12
 URGENT_THREADS = 2  # fetches for readers waiting now, beside max_threads for the rest
+BLOCKS_KEPT = 32  # verified blocks kept in memory for random readers (32 MiB at 1 MiB blocks)
 
 
 class ChunkFetcher:
@@ -165,6 +167,8 @@ class ChunkFetcher:
         self._writes: trio.Nursery | None = None
         self._write_limiter = trio.CapacityLimiter(2)
         self._urgent = trio.CapacityLimiter(URGENT_THREADS)
+        self._blocks: OrderedDict[str, bytes] = OrderedDict()  # verified blocks, LRU order
+        self._block_flights: dict[str, _Flight] = {}
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Run store writes in `nursery`, behind the readers (without one they run inline)."""
@@ -182,7 +186,8 @@ class ChunkFetcher:
         s = self._stats
         return FetchStatistics(s.requests, s.bytes, s.retries, s.failures, s.shared_waits, len(self._flights),
                                s.store_hits, s.store_misses, s.integrity_failures, dict(s.errors),
-                               s.latency.copy(), s.memory_reads, self._allocated, s.buffer_waits, s.unstored)
+                               s.latency.copy(), s.memory_reads, self._allocated, s.buffer_waits, s.unstored,
+                               s.block_requests)
 
     def _failed(self, kind: str) -> None:
         self._stats.failures += 1
@@ -233,7 +238,7 @@ class ChunkFetcher:
             buf = await self._take_buffer()
             started = time.monotonic()
             try:
-                await self._download(entry, index, buf, limiter)
+                await self._download_chunk(entry, index, buf, limiter)
             except BaseException:
                 self._give_back(buf)
                 raise
@@ -264,10 +269,49 @@ class ChunkFetcher:
         """
         buf = await self._take_buffer()
         try:
-            await self._download(entry, index, buf, self._urgent)
+            await self._download_chunk(entry, index, buf, self._urgent)
             return bytes(buf.view[offset:min(offset + size, buf.size)])
         finally:
             self._give_back(buf)
+
+    async def read_block(self, entry: FileEntry, block: int, block_size: int) -> bytes:
+        """Block `block` of `entry`, verified against its manifest block digest.
+
+        For a random read of a chunk that is not local: one ranged GET of the block
+        instead of the whole chunk. Blocks are kept in a small memory LRU of their own
+        and never stored (the store holds whole chunks, named by their digest).
+        """
+        digest = entry.blocks[block]
+        data = self._blocks.get(digest)
+        if data is not None:
+            self._blocks.move_to_end(digest)
+            self._stats.memory_reads += 1
+            return data
+        flight = self._block_flights.get(digest)
+        if flight is not None:
+            self._stats.shared_waits += 1
+            await flight.done.wait()
+            if flight.error is not None:
+                raise _same_error(flight.error)
+            return await self.read_block(entry, block, block_size)
+        flight = self._block_flights[digest] = _Flight()
+        try:
+            start = block * block_size
+            end = min(start + block_size, entry.size)
+            room = bytearray(end - start + 1)  # one byte more shows a server sending too much
+            self._stats.block_requests += 1
+            await self._download(entry, f"block {block}", start, end, digest, memoryview(room), self._urgent)
+            data = bytes(memoryview(room)[:end - start])
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._block_flights[digest]
+            flight.done.set()
+        self._blocks[digest] = data
+        while len(self._blocks) > BLOCKS_KEPT:
+            self._blocks.popitem(last=False)
+        return data
 
     async def _store(self, buf: _Buffer) -> None:
         try:
@@ -315,22 +359,30 @@ class ChunkFetcher:
         """The chunk left the store (eviction); the next use must fetch it again."""
         self._ready.discard(digest)
 
-    async def _download(self, entry: FileEntry, index: int, buf: _Buffer, limiter: trio.CapacityLimiter) -> None:
+    async def _download_chunk(self, entry: FileEntry, index: int, buf: _Buffer,
+                              limiter: trio.CapacityLimiter) -> None:
+        start, end = entry.chunk_range(index, self.chunk_size)
+        await self._download(entry, f"chunk {index}", start, end, entry.chunks[index], buf.view, limiter)
+        buf.size = end - start
+
+    async def _download(self, entry: FileEntry, what: str, start: int, end: int, digest: str,
+                        room: memoryview, limiter: trio.CapacityLimiter) -> None:
+        """Bytes [start, end) of `entry` into `room`, verified against `digest`, with retries."""
         attempt = 0
         integrity_failures = 0
         while True:
             attempt += 1
             try:
-                await trio.to_thread.run_sync(self._get_into_buffer, entry, index, buf, limiter=limiter)
+                await trio.to_thread.run_sync(self._get_range, entry, start, end, digest, room, limiter=limiter)
                 return
             except _Retryable as exc:
                 if attempt >= self.retry.max_attempts:
                     self._failed("unavailable")
                     raise FetchError(
-                        f"{entry.source.describe()} chunk {index}: giving up after {attempt} attempts: {exc}"
+                        f"{entry.source.describe()} {what}: giving up after {attempt} attempts: {exc}"
                     ) from None
-                log.info("retrying %s chunk %d (attempt %d): %s", entry.path, index, attempt, exc,
-                         extra=_context(entry, index, attempt=attempt))
+                log.info("retrying %s %s (attempt %d): %s", entry.path, what, attempt, exc,
+                         extra=_context(entry, start // self.chunk_size, attempt=attempt))
             except ChunkIntegrityError:
                 # With If-Match, an answer proves the object is still the manifest's
                 # version, so a mismatch is damage in transit and gets the full retry
@@ -352,9 +404,7 @@ class ChunkFetcher:
             await trio.sleep(self.retry.delay(attempt))
 
     # ---------------------------------------------------------- worker thread
-    def _get_into_buffer(self, entry: FileEntry, index: int, buf: _Buffer) -> None:
-        start, end = entry.chunk_range(index, self.chunk_size)
-        digest = entry.chunks[index]
+    def _get_range(self, entry: FileEntry, start: int, end: int, digest: str, room: memoryview) -> None:
         where = f"{entry.source.describe()} bytes {start}-{end - 1}"
         want = end - start
         self._stats.requests += 1
@@ -362,20 +412,19 @@ class ChunkFetcher:
             body = self._open_range(entry, start, end, where)
             try:
                 # One byte of room past the end shows a server sending more than asked.
-                room = buf.view if len(buf.view) > want else memoryview(bytearray(want + 1))
-                got = _readinto_of(body)(room[: want + 1])
+                target = room if len(room) > want else memoryview(bytearray(want + 1))
+                got = _readinto_of(body)(target[: want + 1])
             finally:
                 body.close()
         except _CONNECTION_ERRORS as exc:
             raise _Retryable(f"{where}: {exc}") from None
         if got != want:
             raise _Retryable(f"{where}: got {got} bytes, expected {want}")
-        if room is not buf.view:
-            buf.view[:want] = room[:want]
+        if target is not room:
+            room[:want] = target[:want]
         # hashlib releases the GIL over large buffers: verification runs in parallel.
-        if hashlib.sha256(buf.view[:want]).hexdigest() != digest:
+        if hashlib.sha256(room[:want]).hexdigest() != digest:
             raise ChunkIntegrityError(f"{where}: SHA-256 mismatch (object differs from the manifest)")
-        buf.size = want
         self._stats.bytes += want
 
     def _open_range(self, entry: FileEntry, start: int, end: int, where: str) -> Any:

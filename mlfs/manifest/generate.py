@@ -38,42 +38,71 @@ class ObjectRef:
 
 
 class ChunkHasher:
-    """Whole-file and per-chunk SHA-256 from one pass over a byte stream."""
+    """Whole-file, per-chunk and (optionally) per-block SHA-256 from one pass over a byte stream."""
 
-    def __init__(self, chunk_size: int) -> None:
+    def __init__(self, chunk_size: int, block_size: int | None = None) -> None:
         self.chunk_size = chunk_size
         self.whole = hashlib.sha256()
-        self.chunk = hashlib.sha256()
-        self.in_chunk = 0
+        self.chunk = _Pieces(chunk_size)
+        self.block = _Pieces(block_size) if block_size else None
         self.size = 0
-        self.chunks: list[str] = []
+
+    @property
+    def chunks(self) -> list[str]:
+        return self.chunk.digests
+
+    @property
+    def blocks(self) -> list[str]:
+        return self.block.digests if self.block is not None else []
 
     def update(self, data: bytes) -> None:
         self.whole.update(data)
         self.size += len(data)
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self.chunk_size - self.in_chunk)
-            self.chunk.update(view[:take])
-            self.in_chunk += take
-            view = view[take:]
-            if self.in_chunk == self.chunk_size:
-                self.chunks.append(self.chunk.hexdigest())
-                self.chunk = hashlib.sha256()
-                self.in_chunk = 0
+        self.chunk.update(data)
+        if self.block is not None:
+            self.block.update(data)
 
     def finish(self) -> tuple[str, list[str]]:
-        if self.in_chunk:
-            self.chunks.append(self.chunk.hexdigest())
-            self.in_chunk = 0
+        self.chunk.finish()
+        if self.block is not None:
+            self.block.finish()
         return self.whole.hexdigest(), self.chunks
 
 
+class _Pieces:
+    """SHA-256 of each consecutive `size`-byte piece of a stream."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.hash = hashlib.sha256()
+        self.filled = 0
+        self.digests: list[str] = []
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.size - self.filled)
+            self.hash.update(view[:take])
+            self.filled += take
+            view = view[take:]
+            if self.filled == self.size:
+                self.digests.append(self.hash.hexdigest())
+                self.hash = hashlib.sha256()
+                self.filled = 0
+
+    def finish(self) -> None:
+        if self.filled:
+            self.digests.append(self.hash.hexdigest())
+            self.filled = 0
+
+
 def hash_stream(
-    stream: BinaryIO, chunk_size: int, progress: Progress | None = None, also: Any = None
-) -> tuple[int, str, list[str]]:
-    """Size, whole-file and chunk SHA-256 of a stream; `also` (a hashlib object) sees the bytes too."""
-    hasher = ChunkHasher(chunk_size)
+    stream: BinaryIO, chunk_size: int, progress: Progress | None = None, also: Any = None,
+    block_size: int | None = None,
+) -> tuple[int, str, list[str], list[str]]:
+    """Size, whole-file, chunk and block SHA-256 of a stream (no blocks without
+    `block_size`); `also` (a hashlib object) sees the bytes too."""
+    hasher = ChunkHasher(chunk_size, block_size)
     while block := stream.read(_READ_BLOCK):
         hasher.update(block)
         if also is not None:
@@ -81,7 +110,7 @@ def hash_stream(
         if progress:
             progress(len(block))
     whole, chunks = hasher.finish()
-    return hasher.size, whole, chunks
+    return hasher.size, whole, chunks, hasher.blocks
 
 
 def name_version_from_prefix(prefix: str) -> tuple[str, str]:
@@ -152,13 +181,14 @@ def hash_refs(
     chunk_size: int,
     workers: int = 8,
     progress: Progress | None = None,
+    block_size: int | None = None,
 ) -> list[FileEntry]:
     """Read every object once, in parallel, and return its manifest entry."""
 
     def one(ref: ObjectRef) -> FileEntry:
         body = _open_source(client, ref.source)
         try:
-            size, whole, chunks = hash_stream(body, chunk_size, progress)
+            size, whole, chunks, blocks = hash_stream(body, chunk_size, progress, block_size=block_size)
         except (OSError, botocore.exceptions.BotoCoreError) as exc:
             raise FetchError(f"reading {ref.source.describe()} failed: {exc}") from None
         finally:
@@ -167,7 +197,7 @@ def hash_refs(
             raise ManifestError(f"{ref.path}: read {size} bytes but the listing says {ref.size}")
         if ref.expected_sha256 and whole != ref.expected_sha256:
             raise ManifestError(f"{ref.path}: SHA-256 {whole} does not match the manifest's {ref.expected_sha256}")
-        return FileEntry(ref.path, size, whole, tuple(chunks), ref.source)
+        return FileEntry(ref.path, size, whole, tuple(chunks), ref.source, blocks=tuple(blocks))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, refs))
@@ -182,6 +212,7 @@ def entries_from_local(
     chunk_size: int,
     workers: int = 4,
     progress: Progress | None = None,
+    block_size: int | None = None,
 ) -> tuple[list[FileEntry], list[Symlink]]:
     """Hash a local mirror of the prefix, checking each file against an S3 HEAD."""
     if not root.is_dir():
@@ -208,7 +239,7 @@ def entries_from_local(
             raise ManifestError(f"{rel}: s3://{bucket}/{key} not found ({exc.response['Error'].get('Code')})") from None
         md5 = hashlib.md5()
         with open(full, "rb") as fh:
-            size, whole, chunks = hash_stream(fh, chunk_size, progress, also=md5)
+            size, whole, chunks, blocks = hash_stream(fh, chunk_size, progress, also=md5, block_size=block_size)
         etag = head.get("ETag", "")
         if int(head["ContentLength"]) != size:
             raise ManifestError(f"{rel}: local size {size} differs from S3 ({head['ContentLength']})")
@@ -216,7 +247,8 @@ def entries_from_local(
         if plain and "-" not in plain and plain != md5.hexdigest():
             raise ManifestError(f"{rel}: local content differs from s3://{bucket}/{key} (ETag mismatch)")
         mode = 0o555 if os.stat(full).st_mode & 0o111 else 0o444
-        return FileEntry(rel, size, whole, tuple(chunks), Source(bucket=bucket, key=key, etag=etag or None), mode)
+        return FileEntry(rel, size, whole, tuple(chunks), Source(bucket=bucket, key=key, etag=etag or None), mode,
+                         tuple(blocks))
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, files)), links
@@ -271,7 +303,9 @@ def build_manifest(
     prefetch: list[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     metadata: dict[str, Any] | None = None,
+    block_size: int | None = None,
 ) -> Manifest:
+    files = list(files)
     manifest = Manifest(
         name=name,
         version=version,
@@ -280,6 +314,7 @@ def build_manifest(
         symlinks=sorted(symlinks, key=lambda s: s.path),
         prefetch=list(DEFAULT_PREFETCH if prefetch is None else prefetch),
         metadata=metadata or {},
+        block_size=block_size if any(f.blocks for f in files) else None,
     )
     # Round-trip through the validator: what we write is exactly what mounts accept.
     return parse_manifest(manifest.to_json(), origin="generated manifest")

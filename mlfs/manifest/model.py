@@ -9,6 +9,9 @@ from urllib.parse import urlsplit
 
 SCHEMA = "mlfs.manifest/1"
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+# Optional finer digests inside chunks: a random read of a chunk not yet local fetches
+# and verifies one block instead of the whole chunk (the chunk digests are unchanged).
+DEFAULT_BLOCK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class FileEntry:
     chunks: tuple[str, ...]
     source: Source
     mode: int = 0o444
+    # SHA-256 of each `block_size` block of the file, in order (empty: none recorded).
+    blocks: tuple[str, ...] = ()
 
     def chunk_range(self, index: int, chunk_size: int) -> tuple[int, int]:
         """Byte range [start, end) of chunk `index` within the file."""
@@ -56,7 +61,7 @@ class FileEntry:
         return start, min(start + chunk_size, self.size)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "path": self.path,
             "size": self.size,
             "mode": self.mode,
@@ -64,6 +69,9 @@ class FileEntry:
             "chunks": list(self.chunks),
             "source": self.source.to_json(),
         }
+        if self.blocks:
+            doc["blocks"] = list(self.blocks)
+        return doc
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ class Manifest:
     symlinks: list[Symlink] = field(default_factory=list)
     prefetch: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    block_size: int | None = None  # set when files carry block digests
 
     @property
     def total_size(self) -> int:
@@ -93,16 +102,21 @@ class Manifest:
         raise KeyError(path)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "schema": SCHEMA,
             "name": self.name,
             "version": self.version,
             "chunk_size": self.chunk_size,
+        }
+        if self.block_size is not None:
+            doc["block_size"] = self.block_size
+        doc.update({
             "files": [f.to_json() for f in self.files],
             "symlinks": [{"path": s.path, "target": s.target} for s in self.symlinks],
             "prefetch": list(self.prefetch),
             "metadata": self.metadata,
-        }
+        })
+        return doc
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n"

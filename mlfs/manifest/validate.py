@@ -22,12 +22,13 @@ MAX_ENTRIES = 2_000_000
 MAX_FILE_SIZE = 1 << 50  # 1 PiB: far above any artifact, far below int overflow anywhere
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 1 << 30
+MIN_BLOCK_SIZE = 64 * 1024
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TOP_KEYS = {"schema", "name", "version", "chunk_size", "files", "symlinks", "prefetch", "metadata"}
-_FILE_KEYS = {"path", "size", "mode", "sha256", "chunks", "source"}
+_TOP_KEYS = {"schema", "name", "version", "chunk_size", "block_size", "files", "symlinks", "prefetch", "metadata"}
+_FILE_KEYS = {"path", "size", "mode", "sha256", "chunks", "blocks", "source"}
 _SOURCE_KEYS = {"bucket", "key", "etag", "url"}
 
 
@@ -113,6 +114,11 @@ class _Parser:
             raise self.fail(
                 f"chunk_size must be an integer between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"
             )
+        block_size = doc.get("block_size")
+        if block_size is not None and (
+                not _is_int(block_size) or block_size < MIN_BLOCK_SIZE or chunk_size % block_size):
+            raise self.fail(f"block_size must be an integer of at least {MIN_BLOCK_SIZE} "
+                            f"that divides chunk_size ({chunk_size})")
         files_doc = doc.get("files")
         if not isinstance(files_doc, list):
             raise self.fail("'files' must be a list")
@@ -121,7 +127,7 @@ class _Parser:
             raise self.fail("'symlinks' must be a list")
         if len(files_doc) + len(links_doc) > MAX_ENTRIES:
             raise self.fail(f"more than {MAX_ENTRIES} entries")
-        files = [self.file(i, f, chunk_size) for i, f in enumerate(files_doc)]
+        files = [self.file(i, f, chunk_size, block_size) for i, f in enumerate(files_doc)]
         links = [self.symlink(i, s) for i, s in enumerate(links_doc)]
         self.check_tree([f.path for f in files] + [s.path for s in links])
         _LinkResolver(links, self.fail).check_all()
@@ -139,6 +145,7 @@ class _Parser:
             symlinks=links,
             prefetch=prefetch,
             metadata=metadata,
+            block_size=block_size,
         )
 
     def string(self, value: Any, what: str) -> str:
@@ -146,7 +153,7 @@ class _Parser:
             raise self.fail(f"'{what}' must be a string without NUL bytes")
         return value
 
-    def file(self, index: int, doc: Any, chunk_size: int) -> FileEntry:
+    def file(self, index: int, doc: Any, chunk_size: int, block_size: int | None = None) -> FileEntry:
         where = f"files[{index}]"
         if not isinstance(doc, dict):
             raise self.fail(f"{where}: must be an object")
@@ -187,7 +194,24 @@ class _Parser:
             chunks=tuple(chunks),
             source=self.source(where, doc.get("source")),
             mode=mode,
+            blocks=self.blocks(where, doc.get("blocks"), size, block_size),
         )
+
+    def blocks(self, where: str, blocks: Any, size: int, block_size: int | None) -> tuple[str, ...]:
+        if blocks is None:
+            return ()
+        if block_size is None:
+            raise self.fail(f"{where}: 'blocks' needs a top-level block_size")
+        if not isinstance(blocks, list):
+            raise self.fail(f"{where}: 'blocks' must be a list of SHA-256 digests")
+        expected = math.ceil(size / block_size)
+        if len(blocks) != expected:
+            raise self.fail(f"{where}: {len(blocks)} block digests for {size} bytes "
+                            f"(expected {expected} at block_size {block_size})")
+        for j, b in enumerate(blocks):
+            if not isinstance(b, str) or not _SHA256.match(b):
+                raise self.fail(f"{where}: blocks[{j}] must be 64 lowercase hex digits")
+        return tuple(blocks)
 
     def source(self, where: str, doc: Any) -> Source:
         if not isinstance(doc, dict):

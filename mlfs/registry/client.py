@@ -143,7 +143,7 @@ def _split_of(manifest: Manifest, split: str, spec: str) -> Manifest:
     if not files:
         raise ManifestError(f"{spec}: no files in split {split!r}")
     doc = Manifest(manifest.name, manifest.version, files, manifest.chunk_size, links, manifest.prefetch,
-                   manifest.metadata)
+                   manifest.metadata, block_size=manifest.block_size)
     return parse_manifest(doc.dumps(), origin=f"split {split} of {spec}")
 
 

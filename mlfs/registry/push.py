@@ -168,7 +168,7 @@ def _hash_all(files: list[LocalFileInfo], workers: int, progress: Progress | Non
     def one(f: LocalFileInfo) -> None:
         md5 = hashlib.md5()
         with open(f.path, "rb") as fh:
-            size, whole, chunks = hash_stream(fh, DEFAULT_CHUNK_SIZE, None, also=md5)
+            size, whole, chunks, _ = hash_stream(fh, DEFAULT_CHUNK_SIZE, None, also=md5)
         if size != f.size:
             raise ConfigError(f"{f.rel}: changed while being read")
         f.sha256, f.chunks, f.md5 = whole, tuple(chunks), md5.hexdigest()

@@ -19,6 +19,8 @@ CASES = {
     "chunk size too large": (["--chunk-size", "2G"], "--chunk-size must be between"),
     "chunk size not a size": (["--chunk-size", "lots"], "is not a size"),
     "workers zero": (["--workers", "0"], "--workers must be between"),
+    "block size not dividing the chunk": (["--block-size", "96K"], "--block-size must be 0 (none) or"),
+    "block size too small": (["--block-size", "4K"], "--block-size must be 0 (none) or"),
     "prefetch and no-prefetch": (["--prefetch", "*.json", "--no-prefetch"], "contradict"),
     "missing local mirror": (["--local", "/nonexistent/mirror"], "no such directory"),
     "output directory missing": (["-o", "/nonexistent/dir/m.json"], "does not exist"),

@@ -281,3 +281,78 @@ def test_memory_stays_within_the_buffer_pool_whatever_the_readers(tmp_path: Path
     got, stats = trio.run(main)
     assert all(got[i] == data[i * CHUNK + 7:(i + 1) * CHUNK + 7] for i in range(24))
     assert stats.buffers == 3, "more chunk buffers than the pool holds"
+
+
+BLOCK = CHUNK // 4
+
+
+def blocked_rig(tmp_path: Path) -> ReaderRig:
+    """The rig's file with block digests: a random reader fetches blocks, not chunks."""
+    rig = ReaderRig(tmp_path)
+    blocks = tuple(hashlib.sha256(rig.data[i:i + BLOCK]).hexdigest() for i in range(0, len(rig.data), BLOCK))
+    rig.entry = FileEntry(rig.entry.path, rig.entry.size, rig.entry.sha256, rig.entry.chunks, rig.entry.source,
+                          blocks=blocks)
+    rig.manifest = Manifest("m", "v", [rig.entry], chunk_size=CHUNK, block_size=BLOCK)
+    return rig
+
+
+def _ranges(fake: FakeS3) -> list[tuple[int, int]]:
+    return [tuple(map(int, c["Range"].removeprefix("bytes=").split("-"))) for c in fake.calls]
+
+
+def test_random_reads_fetch_one_verified_block_each(tmp_path: Path) -> None:
+    rig = blocked_rig(tmp_path)
+    offsets = [35 * CHUNK + 100, 3 * CHUNK + 5000, 20 * CHUNK + BLOCK - 10, 9 * CHUNK]
+
+    async def main():
+        async with trio.open_nursery() as n:
+            reader = rig.reader(n)
+            handle = reader.open(rig.entry)
+            got = [await handle.read(off, 4096) for off in offsets]
+            stats = reader.fetcher.statistics()
+            n.cancel_scope.cancel()
+        return got, stats
+
+    got, stats = trio.run(main)
+    assert got == [rig.data[o:o + 4096] for o in offsets]
+    # The read straddling a block border takes the two blocks it covers; no chunk is fetched.
+    starts = [o // BLOCK * BLOCK for o in offsets]
+    expected = sorted({(s, s + BLOCK - 1) for s in starts} | {(20 * CHUNK + BLOCK, 20 * CHUNK + 2 * BLOCK - 1)})
+    assert sorted(_ranges(rig.fake)) == expected
+    assert stats.block_requests == len(expected) and stats.bytes == len(expected) * BLOCK
+    assert not any(rig.store.contains(d) for d in rig.entry.chunks), "a block read stored a chunk"
+
+
+def test_a_random_reader_that_turns_sequential_goes_back_to_chunks(tmp_path: Path) -> None:
+    rig = blocked_rig(tmp_path)
+    start = 10 * CHUNK
+
+    async def main():
+        async with trio.open_nursery() as n:
+            handle = rig.reader(n).open(rig.entry)
+            out = bytearray()
+            for off in range(start, start + 6 * CHUNK, BLOCK // 2):
+                out += await handle.read(off, BLOCK // 2)
+            n.cancel_scope.cancel()
+        return bytes(out)
+
+    out = trio.run(main)
+    assert out == rig.data[start:start + 6 * CHUNK]
+    sizes = [hi - lo + 1 for lo, hi in _ranges(rig.fake)]
+    # The first two blocks come alone; then whole chunks (with read-ahead) take over.
+    assert sizes[:2] == [BLOCK, BLOCK] and set(sizes[2:]) == {CHUNK}
+
+
+def test_a_block_that_does_not_match_is_never_served(tmp_path: Path) -> None:
+    rig = blocked_rig(tmp_path)
+    rig.fake.script = ["bad", "bad"]  # no ETag: one retry, then the object itself is wrong
+
+    async def main():
+        async with trio.open_nursery() as n:
+            handle = rig.reader(n).open(rig.entry)
+            with pytest.raises(ChunkIntegrityError):
+                await handle.read(30 * CHUNK + 7, 4096)
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert len(rig.fake.calls) == 2

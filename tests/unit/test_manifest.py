@@ -80,7 +80,24 @@ CASES = {
     "symlink escape": (lambda d: d["symlinks"].append({"path": "l2", "target": "../../x"}), "escapes the mount"),
     "prefetch type": (lambda d: d.update(prefetch="*.json"), "'prefetch' must be"),
     "files type": (lambda d: d.update(files={}), "'files' must be a list"),
+    "blocks without block_size": (lambda d: d["files"][0].update(blocks=[D]), "needs a top-level block_size"),
+    "block size not dividing": (lambda d: d.update(block_size=3 * 65536), "divides chunk_size"),
+    "block size too small": (lambda d: d.update(block_size=4096), "block_size must be"),
+    "too few blocks": (lambda d: (d.update(block_size=CHUNK // 4), d["files"][1].update(blocks=[D] * 4)),
+                       "4 block digests for 1048577 bytes (expected 5"),
+    "bad block digest": (lambda d: (d.update(block_size=CHUNK // 4), d["files"][0].update(blocks=["x"])),
+                         "blocks[0] must be"),
 }
+
+
+def test_block_digests_round_trip() -> None:
+    doc = good()
+    doc["block_size"] = CHUNK // 4
+    doc["files"][1]["blocks"] = ["b" * 64] * 5
+    m = parse_manifest(json.dumps(doc))
+    assert m.block_size == CHUNK // 4 and m.files[1].blocks == ("b" * 64,) * 5 and m.files[0].blocks == ()
+    assert parse_manifest(m.dumps()).to_json() == m.to_json()
+    assert "blocks" not in m.to_json()["files"][0]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -121,6 +138,13 @@ def test_chunk_hasher_matches_independent_hashing() -> None:
     whole, chunks = h.finish()
     assert whole == hashlib.sha256(data).hexdigest()
     assert chunks == [hashlib.sha256(data[i:i + 65536]).hexdigest() for i in range(0, len(data), 65536)]
+
+    blocked = ChunkHasher(65536, block_size=16384)
+    for i in range(0, len(data), 10000):
+        blocked.update(data[i:i + 10000])
+    assert blocked.finish() == (whole, chunks)  # blocks change nothing else
+    assert blocked.blocks == [hashlib.sha256(data[i:i + 16384]).hexdigest() for i in range(0, len(data), 16384)]
+    assert len(blocked.blocks) == 13  # 12 whole blocks and the 7-byte tail
 
 
 def test_name_version_from_prefix() -> None:
