@@ -179,8 +179,8 @@ class ArtifactReader:
             return b""
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
-        # A random reader (not sequential, as its handle judged this read) of a chunk
-        # that is not local fetches only the blocks it reads, when the manifest has them.
+        # A reader in a short run since its last jump (`OpenFile.in_random_run`) reads
+        # only the blocks it needs of a chunk that is not local.
         by_block = handle is not None and handle.in_random_run()
         # Start every covered chunk at once, then stitch the pieces in order.
         if not by_block:

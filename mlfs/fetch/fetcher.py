@@ -16,6 +16,7 @@ with the number of readers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -26,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -219,15 +221,9 @@ class ChunkFetcher:
         if digest in self._ready or digest in self._memory:
             self._stats.store_hits += 1
             return digest
-        flight = self._flights.get(digest)
-        if flight is not None:
-            self._stats.shared_waits += 1
-            await flight.done.wait()
-            if flight.error is not None:
-                raise _same_error(flight.error)
+        if await self._joined(self._flights, digest):
             return digest
-        flight = self._flights[digest] = _Flight()
-        try:
+        with self._flying(self._flights, digest):
             # First use in this process: check the cached copy (cheap xxh3) or download.
             present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=limiter)
             if present:
@@ -248,12 +244,6 @@ class ChunkFetcher:
                       extra=_context(entry, index, duration=round(elapsed, 6)))
             buf.digest, buf.stored, buf.writing, buf.reads = digest, False, True, 0
             self._memory[digest] = buf
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            del self._flights[digest]
-            flight.done.set()
         # Readers are served from the buffer from here on; the store write follows.
         if self._writes is not None:
             self._writes.start_soon(self._store, buf)
@@ -287,31 +277,46 @@ class ChunkFetcher:
             self._blocks.move_to_end(digest)
             self._stats.memory_reads += 1
             return data
-        flight = self._block_flights.get(digest)
-        if flight is not None:
-            self._stats.shared_waits += 1
-            await flight.done.wait()
-            if flight.error is not None:
-                raise _same_error(flight.error)
+        if await self._joined(self._block_flights, digest):
             return await self.read_block(entry, block, block_size)
-        flight = self._block_flights[digest] = _Flight()
-        try:
+        with self._flying(self._block_flights, digest):
             start = block * block_size
             end = min(start + block_size, entry.size)
             room = bytearray(end - start + 1)  # one byte more shows a server sending too much
             self._stats.block_requests += 1
             await self._download(entry, f"block {block}", start, end, digest, memoryview(room), self._urgent)
             data = bytes(memoryview(room)[:end - start])
-        except BaseException as exc:
-            flight.error = exc
-            raise
-        finally:
-            del self._block_flights[digest]
-            flight.done.set()
         self._blocks[digest] = data
         while len(self._blocks) > BLOCKS_KEPT:
             self._blocks.popitem(last=False)
         return data
+
+    # One download per digest at a time (single-flight): a second caller waits for the
+    # first one's result, and gets its error too.
+    async def _joined(self, flights: dict[str, _Flight], digest: str) -> bool:
+        """Wait for another caller's download of `digest`; False if there is none."""
+        flight = flights.get(digest)
+        if flight is None:
+            return False
+        self._stats.shared_waits += 1
+        await flight.done.wait()
+        if flight.error is not None:
+            raise _same_error(flight.error)
+        return True
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _flying(flights: dict[str, _Flight], digest: str) -> Iterator[None]:
+        """This caller downloads `digest`; waiters are released when it is done or failed."""
+        flight = flights[digest] = _Flight()
+        try:
+            yield
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            del flights[digest]
+            flight.done.set()
 
     async def _store(self, buf: _Buffer) -> None:
         try:

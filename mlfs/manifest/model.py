@@ -9,9 +9,6 @@ from urllib.parse import urlsplit
 
 SCHEMA = "mlfs.manifest/1"
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
-# Optional finer digests inside chunks: a random read of a chunk not yet local fetches
-# and verifies one block instead of the whole chunk (the chunk digests are unchanged).
-DEFAULT_BLOCK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
