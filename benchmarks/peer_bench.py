@@ -1,7 +1,7 @@
 """mlfs against its peers on the same data, in one run: the reads users make.
 
     python benchmarks/peer_bench.py [--size-mib 1024] [--runs 3] [--peers raw,curl,s3fs,weed,mlfs]
-                                    [--no-model]
+                                    [--no-model | --model-only]
 
 One SeaweedFS S3 server on loopback holds a 1 GiB object, two 512 MiB files and a 1 GiB
 4-shard safetensors model. The plain files are named `.dat`: a `.bin` would be taken for
@@ -453,7 +453,8 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--peers", default="raw,curl,s3fs,weed,mlfs")
-    ap.add_argument("--no-model", action="store_true")
+    ap.add_argument("--no-model", action="store_true", help="skip the model load")
+    ap.add_argument("--model-only", action="store_true", help="only the model load")
     args = ap.parse_args()
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for p in peers:
@@ -466,14 +467,15 @@ def main() -> None:
     try:
         data = prepare(work, server, args.size_mib * MIB)
         figs: dict[str, Figures] = {}
-        if "raw" in peers or "curl" in peers:
+        peers_measured = [] if args.model_only else peers
+        if "raw" in peers_measured or "curl" in peers_measured:
             raw, curl = bench_raw(data, args.runs)
             if "raw" in peers:
                 figs["raw"] = raw
             if "curl" in peers:
                 figs["curl"] = curl
         for peer in ("s3fs", "weed", "mlfs"):
-            if peer in peers:
+            if peer in peers_measured:
                 print(f"measuring {peer}…", flush=True)
                 try:
                     figs[peer] = bench_mount(data, peer, args.runs)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from mlfs.config import MountOptions
 from mlfs.errors import ConfigError, MlfsError, MountError
 from mlfs.manifest.model import Manifest
-from mlfs.s3.client import S3Settings, make_client
+from mlfs.s3.client import S3Settings
 from mlfs.store.chunks import ChunkStore
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def mount_artifact(
     from mlfs.log import configure
     from mlfs.registry.client import describe_resolution, load_mount_manifest
     from mlfs.s3.probe import probe_s3
+    from mlfs.s3.source import open_source
 
     opts.validate()
     if metrics_addr is not None:
@@ -118,11 +119,11 @@ def mount_artifact(
             notify_systemd(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {manifest.name} {manifest.version}")
 
     try:
-        client = make_client(s3_settings(opts))
+        source = open_source(s3_settings(opts))
         # Unreachable S3, a wrong endpoint or refused credentials are reported now, by
         # the command the user ran, and nothing gets mounted.
         try:
-            probe_s3(manifest, client=client)
+            probe_s3(manifest, source=source)
         except MountError:
             # A store that already holds every chunk (a warmed node) serves the mount offline.
             if not all(store.contains(d) for f in manifest.files for d in f.chunks):
@@ -131,7 +132,7 @@ def mount_artifact(
     except MlfsError as exc:
         report(str(exc))
         raise
-    session = MountSession(manifest, store, client, settings, policy)
+    session = MountSession(manifest, store, source, settings, policy)
     session.command = run
     session.policy_for = lambda m: build_policy(m, opts, learn=False)
     session.services.append(serve_control)

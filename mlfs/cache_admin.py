@@ -17,8 +17,9 @@ import trio
 from mlfs.errors import ConfigError, MlfsError
 from mlfs.fetch.fetcher import ChunkFetcher
 from mlfs.manifest.model import FileEntry, Manifest
-from mlfs.s3.client import S3Settings, make_client
+from mlfs.s3.client import S3Settings
 from mlfs.s3.probe import probe_s3
+from mlfs.s3.source import open_source
 from mlfs.store.chunks import ChunkStore
 
 
@@ -97,7 +98,7 @@ def warm(manifest: Manifest, store: ChunkStore, settings: S3Settings, parallel: 
          progress: Callable[[int], None]) -> list[str]:
     """Fetch (and verify) every chunk of `manifest` into the store; returns failures."""
     probe_s3(manifest, settings)
-    client = make_client(settings)
+    source = open_source(settings)
     todo: dict[str, tuple[FileEntry, int]] = {}
     for entry in manifest.files:
         for index, digest in enumerate(entry.chunks):
@@ -106,7 +107,7 @@ def warm(manifest: Manifest, store: ChunkStore, settings: S3Settings, parallel: 
 
     async def main() -> None:
         limiter = trio.CapacityLimiter(parallel)
-        fetcher = ChunkFetcher(client, store, manifest.chunk_size, limiter)
+        fetcher = ChunkFetcher(source, store, manifest.chunk_size, limiter)
         slots = trio.Semaphore(parallel * 2)
 
         async def one(entry: FileEntry, index: int) -> None:
@@ -127,7 +128,7 @@ def warm(manifest: Manifest, store: ChunkStore, settings: S3Settings, parallel: 
     try:
         trio.run(main)
     finally:
-        client.close()
+        source.close()
     return failures
 
 

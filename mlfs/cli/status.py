@@ -57,6 +57,8 @@ def table(docs: list[dict[str, Any]]) -> str:
 def details(d: dict[str, Any]) -> str:
     lines = [f"cache {d.get('cache', '?')}, fetched {human(d.get('bytes_fetched', 0))} "
              f"in {(d.get('fetch') or {}).get('requests', 0)} requests"]
+    if s3 := d.get("s3"):
+        lines.append(f"S3 {s3.get('endpoint', '?')} ({s3.get('client', '?')} client)")
     if d.get("top_files"):
         lines.append("top files by bytes read:")
         lines += [f"  {human(f['bytes']):>10}  {f['path']}" for f in d["top_files"]]

@@ -31,12 +31,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import botocore.exceptions
 import trio
-import urllib3.exceptions
 
 from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
 from mlfs.manifest.model import FileEntry
+from mlfs.s3.source import RangeSource, S3Answered, S3NoCredentials
 from mlfs.stats import Histogram
 from mlfs.store.chunks import ChunkStore
 
@@ -50,15 +49,9 @@ _RETRYABLE_CODES = {
     "RequestTimeout", "RequestTimeTooSkewed", "503", "500", "502", "504",
 }
 _CONNECTION_ERRORS = (
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.HTTPClientError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ResponseStreamingError,
-    # The body is read from urllib3's stream directly, so its errors arrive unwrapped
-    # (a reset mid-body is a ProtocolError).
-    urllib3.exceptions.HTTPError,
-    ConnectionError,
+    ConnectionError,  # S3Unreachable among them: every RangeSource reports transport failures so
     TimeoutError,
+    http.client.HTTPException,  # plain HTTP(S) sources read with urllib
     urllib.error.URLError,
 )
 
@@ -146,14 +139,14 @@ BLOCKS_KEPT = 32  # verified blocks kept in memory for random readers (32 MiB at
 class ChunkFetcher:
     def __init__(
         self,
-        client: Any,
+        source: RangeSource,
         store: ChunkStore,
         chunk_size: int,
         limiter: trio.CapacityLimiter,
         retry: RetryPolicy | None = None,
         buffers: int = DEFAULT_BUFFERS,
     ) -> None:
-        self.client = client
+        self.source = source
         self.store = store
         self.chunk_size = chunk_size
         self.limiter = limiter
@@ -418,7 +411,7 @@ class ChunkFetcher:
             try:
                 # One byte of room past the end shows a server sending more than asked.
                 target = room if len(room) > want else memoryview(bytearray(want + 1))
-                got = _readinto_of(body)(target[: want + 1])
+                got = _fill(body, target[: want + 1])
             finally:
                 body.close()
         except _CONNECTION_ERRORS as exc:
@@ -435,19 +428,18 @@ class ChunkFetcher:
     def _open_range(self, entry: FileEntry, start: int, end: int, where: str) -> Any:
         src = entry.source
         if src.is_s3:
-            kwargs: dict[str, Any] = {"Bucket": src.bucket, "Key": src.key, "Range": f"bytes={start}-{end - 1}"}
-            if src.etag:
-                kwargs["IfMatch"] = src.etag
             try:
-                response = self.client.get_object(**kwargs)
-            except botocore.exceptions.ClientError as exc:
-                raise _classify_client_error(exc, where) from None
-            if "ContentRange" not in response and not (start == 0 and end == entry.size):
+                body, content_range = self.source.get_range(src.bucket, src.key, start, end, src.etag)
+            except S3Answered as exc:
+                raise _classify_answer(exc, where) from None
+            except S3NoCredentials as exc:
+                raise FetchError(f"{where}: no S3 credentials ({exc})") from None
+            if content_range is None and not (start == 0 and end == entry.size):
                 # A server (or proxy) that ignores Range sends the whole object: drop it
                 # unread rather than download the object once per chunk.
-                response["Body"].close()
+                body.close()
                 raise _Retryable(f"{where}: server ignored the range request")
-            return response["Body"]
+            return body
         request = urllib.request.Request(str(src.url), headers={"Range": f"bytes={start}-{end - 1}"})
         if src.etag:
             request.add_header("If-Match", src.etag)
@@ -468,13 +460,10 @@ def _context(entry: FileEntry, index: int, **more: Any) -> dict[str, Any]:
     return {"file": entry.path, "chunk": index, **where, **more}
 
 
-def _classify_client_error(exc: botocore.exceptions.ClientError, where: str) -> Exception:
-    err = exc.response.get("Error", {})
-    code = str(err.get("Code", ""))
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-    if code in _RETRYABLE_CODES:
-        return _Retryable(f"{where}: {code}")
-    return _classify_status(status, code or str(exc), where)
+def _classify_answer(exc: S3Answered, where: str) -> Exception:
+    if exc.code in _RETRYABLE_CODES:
+        return _Retryable(f"{where}: {exc.code}")
+    return _classify_status(exc.status, exc.code, where)
 
 
 def _classify_status(status: int, what: str, where: str) -> Exception:
@@ -487,33 +476,15 @@ def _classify_status(status: int, what: str, where: str) -> Exception:
     return FetchError(f"{where}: HTTP {status} {what}")
 
 
-def _readinto_of(body: Any) -> Any:
-    """`readinto` of a response body that fills the whole buffer unless at EOF."""
-    raw = getattr(body, "_raw_stream", body)  # botocore StreamingBody wraps urllib3's response
-    inner = getattr(raw, "readinto", None)
-    fp = getattr(raw, "_fp", None)
-    if (isinstance(fp, http.client.HTTPResponse) and not getattr(raw, "decode_content", True)
-            and not raw.headers.get("content-encoding")):
-        # urllib3's readinto reads into a new bytes object and copies it into ours (and
-        # http.client's read copies once more): receive straight into the buffer instead.
-        inner = fp.readinto
-    if inner is None:
-        def fallback(buf: memoryview) -> int:
-            data = body.read(len(buf))
-            buf[: len(data)] = data
-            return len(data)
-        return fallback
-
-    def fill(buf: memoryview) -> int:
-        got = 0
-        while got < len(buf):
-            n = inner(buf[got:])
-            if not n:
-                break
-            got += n
-        return got
-
-    return fill
+def _fill(body: Any, buffer: memoryview) -> int:
+    """Read `body` into `buffer` until it is full or the body ends; the count read."""
+    got = 0
+    while got < len(buffer):
+        n = body.readinto(buffer[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _same_error(exc: BaseException) -> BaseException:

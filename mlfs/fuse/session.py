@@ -32,6 +32,7 @@ from mlfs.manifest.model import Manifest
 from mlfs.mount_policy import MountPolicy, save_learned_after
 from mlfs.reader import ArtifactReader, ReadAheadSettings
 from mlfs.runinfo import remove_info, write_info
+from mlfs.s3.source import RangeSource
 from mlfs.store.chunks import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,14 @@ class MountSession:
         self,
         manifest: Manifest,
         store: ChunkStore,
-        client: Any,
+        source: RangeSource,
         settings: SessionSettings,
         policy: MountPolicy | None = None,
     ) -> None:
         self.manifest = manifest
         self.policy = policy
         self.store = store
-        self.client = client
+        self.source = source
         self.settings = settings
         self.table = InodeTable(manifest)
         self.reader: ArtifactReader | None = None
@@ -108,7 +109,7 @@ class MountSession:
     async def _main(self, report_ready: Callable[[str | None], None]) -> None:
         s = self.settings
         limiter = self._limiter = trio.CapacityLimiter(s.max_threads)
-        self.fetcher = ChunkFetcher(self.client, self.store, self.manifest.chunk_size, limiter,
+        self.fetcher = ChunkFetcher(self.source, self.store, self.manifest.chunk_size, limiter,
                                     buffers=s.buffers)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -182,7 +183,7 @@ class MountSession:
         fetcher = self.fetcher
         if manifest.chunk_size != fetcher.chunk_size:
             self._retired_fetchers.append(fetcher)
-            fetcher = ChunkFetcher(self.client, self.store, manifest.chunk_size, self._limiter)
+            fetcher = ChunkFetcher(self.source, self.store, manifest.chunk_size, self._limiter)
         reader = ArtifactReader(manifest, self.store, fetcher, self._nursery,
                                 ReadAheadSettings(start=1, max=s.read_ahead_max))
         policy = self.policy_for(manifest) if self.policy_for is not None else None
@@ -216,6 +217,7 @@ class MountSession:
             "mountpoint": str(self.settings.mountpoint),
             "manifest": {"name": self.manifest.name, "version": self.manifest.version},
             "cache": str(self.store.root),
+            "s3": {"endpoint": self.source.endpoint, "client": self.source.kind},
             "fetch": dataclasses.asdict(fetch) if fetch else {},
             "store": dataclasses.asdict(self.store.statistics()),
             "open_files": self.ops.statistics()["open_files"] if self.ops else 0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -16,6 +17,7 @@ import pytest
 from safetensors import safe_open
 
 from tests.fuse.conftest import Artifact, all_files
+from tests.mlfs_cli import mlfs, mounted
 
 
 def test_every_byte_of_every_file_matches(artifact: Artifact, demo_mount: Path) -> None:
@@ -24,6 +26,22 @@ def test_every_byte_of_every_file_matches(artifact: Artifact, demo_mount: Path) 
         set(expected) <= set(all_files(demo_mount))
     for rel in expected:
         assert (demo_mount / rel).read_bytes() == (artifact.local / rel).read_bytes(), rel
+
+
+def test_every_byte_through_botocore(artifact: Artifact, tmp_path: Path) -> None:
+    # Mounts configured by environment keys use mlfs's own SigV4 client; the botocore
+    # path (profiles, roles, config files) serves the same bytes.
+    env = dict(artifact.env, MLFS_S3_CLIENT="botocore")
+    with mounted(artifact.manifest, tmp_path / "mnt", env, "--cache", tmp_path / "cache") as mp:
+        for rel in all_files(artifact.local):
+            assert (mp / rel).read_bytes() == (artifact.local / rel).read_bytes(), rel
+        assert json.loads(mlfs("status", "--json", mp, env=env).stdout)["s3"]["client"] == "botocore"
+
+
+def test_a_mount_configured_by_environment_keys_signs_its_own_requests(artifact: Artifact, demo_mount: Path) -> None:
+    assert (demo_mount / "config.json").read_bytes() == (artifact.local / "config.json").read_bytes()
+    doc = json.loads(mlfs("status", "--json", demo_mount, env=artifact.env).stdout)
+    assert doc["s3"] == {"endpoint": artifact.server.endpoint, "client": "sigv4"}
 
 
 def test_attributes_are_read_only_and_sized(artifact: Artifact, demo_mount: Path) -> None:

@@ -18,6 +18,7 @@ from mlfs.errors import ChunkIntegrityError, FetchError, ObjectChanged
 from mlfs.fetch import ChunkFetcher, RetryPolicy
 from mlfs.manifest.model import FileEntry, Manifest, Source
 from mlfs.reader import ArtifactReader, ReadAheadSettings
+from mlfs.s3.boto_source import BotocoreSource
 from mlfs.store import ChunkStore
 
 CHUNK = 64 * 1024
@@ -92,7 +93,7 @@ def run_fetch(tmp_path: Path, fake: FakeS3, data: bytes, index: int = 0, attempt
     entry = entry_for(data)
 
     async def main():
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(attempts, 0.5, 5))
+        fetcher = ChunkFetcher(BotocoreSource(fake), store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(attempts, 0.5, 5))
         digest = await fetcher.ensure(entry, index)
         return fetcher, digest
 
@@ -150,7 +151,7 @@ def test_without_etag_a_second_mismatch_is_an_integrity_error(tmp_path: Path) ->
     entry = entry_for(data, etag=None)
 
     async def main():
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(4, 0.5, 5))
+        fetcher = ChunkFetcher(BotocoreSource(fake), store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(4, 0.5, 5))
         await fetcher.ensure(entry, 0)
 
     with pytest.raises(ChunkIntegrityError):
@@ -175,7 +176,7 @@ def test_concurrent_readers_share_one_download(tmp_path: Path) -> None:
     entry = entry_for(data)
 
     async def main():
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
+        fetcher = ChunkFetcher(BotocoreSource(fake), store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
         async with trio.open_nursery() as n:
             for _ in range(16):
                 n.start_soon(fetcher.ensure, entry, 0)
@@ -198,7 +199,7 @@ class ReaderRig:
         self.manifest = Manifest("m", "v", [self.entry], chunk_size=CHUNK)
 
     def reader(self, nursery: trio.Nursery) -> ArtifactReader:
-        fetcher = ChunkFetcher(self.fake, self.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
+        fetcher = ChunkFetcher(BotocoreSource(self.fake), self.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1))
         return ArtifactReader(self.manifest, self.store, fetcher, nursery, ReadAheadSettings(start=1, max=8))
 
 
@@ -263,7 +264,7 @@ def test_memory_stays_within_the_buffer_pool_whatever_the_readers(tmp_path: Path
     data = rig.data
 
     async def main():
-        fetcher = ChunkFetcher(rig.fake, rig.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1), buffers=3)
+        fetcher = ChunkFetcher(BotocoreSource(rig.fake), rig.store, CHUNK, trio.CapacityLimiter(8), RetryPolicy(3, 0.1, 1), buffers=3)
         got: dict[int, bytes] = {}
         async with trio.open_nursery() as n:
             reader = ArtifactReader(rig.manifest, rig.store, fetcher, n, ReadAheadSettings(start=1, max=8))

@@ -21,6 +21,7 @@ from mlfs.manifest.validate import parse_manifest
 from mlfs.mount_policy import MountPolicy
 from mlfs.policy import FileDecision, FormatError, PolicyEngine, safetensors_tensor_ranges
 from mlfs.reader import ArtifactReader
+from mlfs.s3.boto_source import BotocoreSource
 from mlfs.store import ChunkStore
 from tests.unit.test_fetcher import CHUNK, FakeS3, entry_for
 
@@ -57,7 +58,7 @@ def _plan(tmp_path: Path, data: bytes, decision: FileDecision, fail_plan: bool =
     policy = MountPolicy(PolicyEngine.load(manifest), manifest)
 
     async def main() -> None:
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(2, 0.01, 0.01))
+        fetcher = ChunkFetcher(BotocoreSource(fake), store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(2, 0.01, 0.01))
         async with trio.open_nursery() as n:
             policy.reader = ArtifactReader(manifest, store, fetcher, n)
             if fail_plan:

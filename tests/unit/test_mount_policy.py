@@ -13,6 +13,7 @@ from mlfs.manifest.model import Manifest
 from mlfs.mount_policy import MountPolicy
 from mlfs.policy import FileDecision, PolicyEngine
 from mlfs.reader import ArtifactReader
+from mlfs.s3.boto_source import BotocoreSource
 from mlfs.store import ChunkStore
 from tests.unit.test_fetcher import CHUNK, FakeS3, entry_for
 
@@ -30,7 +31,7 @@ def test_safetensors_prefetch_fetches_header_then_tensors_in_file_order(tmp_path
                             decided_by=(("prefetch", "test"),))
 
     async def main():
-        fetcher = ChunkFetcher(fake, store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(3, 0.1, 1))
+        fetcher = ChunkFetcher(BotocoreSource(fake), store, CHUNK, trio.CapacityLimiter(4), RetryPolicy(3, 0.1, 1))
         async with trio.open_nursery() as n:
             policy = MountPolicy(engine, manifest)
             policy.reader = ArtifactReader(manifest, store, fetcher, n)
