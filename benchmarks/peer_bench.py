@@ -426,8 +426,9 @@ def report(figs: dict[str, Figures], model: dict[str, float], args: argparse.Nam
     raw_cold = figs.get("raw", Figures()).median("cold MB/s")
     curl_4 = figs.get("curl", Figures()).median("4 readers s")
     header = "| | " + " | ".join(peers) + " |"
-    print("\n" + header + "\n" + "|---" * (len(peers) + 1) + "|")
-    for row in rows:
+    if peers:  # none with --model-only
+        print("\n" + header + "\n" + "|---" * (len(peers) + 1) + "|")
+    for row in rows if peers else []:
         cells = []
         for p in peers:
             v = figs[p].median(row)

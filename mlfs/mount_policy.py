@@ -238,12 +238,14 @@ class MountPolicy:
             return list(range(0, (limit - 1) // cs + 1)) if limit else []
         if d.prefetch_what == "safetensors" and entry.size >= 8:
             reader = self.reader
-            first8 = await reader.read_range(entry, 0, 8)
+            # Not urgent: at mount, a header read must not take the buffer of a chunk
+            # fetched ahead for the loader (the first shard's, while later shards plan).
+            first8 = await reader.read_range(entry, 0, 8, urgent=False)
             try:
                 # The header is file content, so untrusted: every range it names is
                 # checked against the manifest's size before a chunk list is built.
                 header_len = safetensors_header_length(first8, entry.size)
-                header = await reader.read_range(entry, 0, header_len)
+                header = await reader.read_range(entry, 0, header_len, urgent=False)
                 ranges = safetensors_tensor_ranges(header, entry.size)
             except FormatError as exc:
                 log.info("%s: not a readable safetensors header (%s); prefetching it whole", entry.path, exc)

@@ -168,11 +168,13 @@ class ArtifactReader:
         return OpenFile(self, entry, ReadAheadSettings(base.start, base.max, base.drop_behind))
 
     async def read_range(self, entry: FileEntry, offset: int, size: int, handle: OpenFile | None = None,
-                         view: bool = False) -> bytes:
+                         view: bool = False, urgent: bool = True) -> bytes:
         """Verified bytes of `entry` in [offset, offset + size).
 
         With `view`, a single-chunk read may come back as a memoryview of a verified
         buffer, valid until the caller next yields to trio (see `OpenFile.read_for_reply`).
+        Without `urgent` (work ahead of readers, such as planning a prefetch), chunks
+        are fetched as read-ahead is: without taking buffers readers are using.
         """
         end = min(offset + size, entry.size)
         if offset >= end:
@@ -193,16 +195,16 @@ class ArtifactReader:
             if by_block and not self._at_hand(entry.chunks[i]):
                 parts.append(await self._read_blocks(entry, i * cs + lo, hi - lo))
                 continue
-            parts.append(await self._read_chunk(entry, i, lo, hi - lo, view and first == last))
+            parts.append(await self._read_chunk(entry, i, lo, hi - lo, view and first == last, urgent))
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         for listener in self.listeners:
             listener(entry, offset, len(data), handle)
         return data
 
     async def _read_chunk(self, entry: FileEntry, index: int, offset: int, size: int,
-                          view: bool = False) -> bytes:
+                          view: bool = False, urgent: bool = True) -> bytes:
         for _attempt in (1, 2):
-            digest = await self.fetcher.ensure(entry, index, urgent=True)
+            digest = await self.fetcher.ensure(entry, index, urgent=urgent)
             data = self.fetcher.read_verified(digest, offset, size, view)
             if data is not None:
                 return data

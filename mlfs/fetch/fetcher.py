@@ -110,7 +110,8 @@ class FetchStatistics:
 class _Buffer:
     """A pooled, page-aligned chunk buffer (O_DIRECT writes need the alignment)."""
 
-    __slots__ = ("mem", "view", "digest", "size", "writing", "stored", "reads")
+    __slots__ = ("mem", "view", "digest", "size", "writing", "stored", "reads", "filled_at",
+                 "last_read", "bytes_read")
 
     def __init__(self, size: int) -> None:
         # Private anonymous memory: cheaper to fault in than the shared (shmem) default.
@@ -121,6 +122,9 @@ class _Buffer:
         self.writing = False
         self.stored = False
         self.reads = 0
+        self.filled_at = 0.0
+        self.last_read = 0.0
+        self.bytes_read = 0  # as much as the chunk holds: its readers are past it
 
 
 class _Flight:
@@ -132,6 +136,16 @@ class _Flight:
 
 
 DEFAULT_BUFFERS = 12
+# Fetches ahead (prefetch, read-ahead) recycle buffers only from chunks readers are done
+# with: read as many bytes as they hold (the kernel asks for each page once, in any
+# order), or not read in the last RECENT_READ_S (a reader takes a 16 MiB chunk in many
+# reads); a chunk not read yet only once readers have paused READERS_IDLE_S or it has
+# waited UNREAD_KEPT_S. A loader consuming what prefetch brings then finds it in memory
+# instead of prefetch pushing it out to disk just ahead of the loader (measured: a 1 GiB
+# 4-shard model loaded in 6-10 s instead of 3.6 s with mount-time prefetch).
+RECENT_READ_S = 1.0
+READERS_IDLE_S = 1.0
+UNREAD_KEPT_S = 5.0
 URGENT_THREADS = 2  # fetches for readers waiting now, beside max_threads for the rest
 BLOCKS_KEPT = 32  # verified blocks kept in memory for random readers (32 MiB at 1 MiB blocks)
 
@@ -159,6 +173,9 @@ class ChunkFetcher:
         self._free: list[_Buffer] = []
         self._allocated = 0
         self._buffer_freed = trio.Event()
+        # Trio time of the last read served from a buffer; the first download counts as one,
+        # so prefetch at mount leaves a loader starting just after it what it fetched.
+        self._last_read: float | None = None
         self._writes: trio.Nursery | None = None
         self._write_limiter = trio.CapacityLimiter(2)
         self._urgent = trio.CapacityLimiter(URGENT_THREADS)
@@ -200,6 +217,11 @@ class ChunkFetcher:
         self._memory.move_to_end(digest)
         self._stats.memory_reads += 1
         buf.reads += 1
+        buf.last_read = self._last_read = trio.current_time()
+        was_done = buf.bytes_read >= buf.size
+        buf.bytes_read += max(0, min(size, buf.size - offset))
+        if not was_done and buf.bytes_read >= buf.size and not buf.writing:
+            self._signal_freed()  # a fetch ahead may be waiting for a chunk readers are done with
         piece = buf.view[offset:min(offset + size, buf.size)]
         return piece if view else bytes(piece)
 
@@ -224,7 +246,7 @@ class ChunkFetcher:
                 self._ready.add(digest)
                 return digest
             self._stats.store_misses += 1
-            buf = await self._take_buffer()
+            buf = await self._take_buffer(urgent)
             started = time.monotonic()
             try:
                 await self._download_chunk(entry, index, buf, limiter)
@@ -236,6 +258,7 @@ class ChunkFetcher:
             log.debug("fetched %s chunk %d in %.3fs", entry.path, index, elapsed,
                       extra=_context(entry, index, duration=round(elapsed, 6)))
             buf.digest, buf.stored, buf.writing, buf.reads = digest, False, True, 0
+            buf.filled_at, buf.bytes_read = trio.current_time(), 0
             self._memory[digest] = buf
         # Readers are served from the buffer from here on; the store write follows.
         if self._writes is not None:
@@ -250,7 +273,7 @@ class ChunkFetcher:
         For a reader whose chunk was evicted again each time it was fetched (a store far
         smaller than its readers' working set): bounded memory, always verified bytes.
         """
-        buf = await self._take_buffer()
+        buf = await self._take_buffer(urgent=True)
         try:
             await self._download_chunk(entry, index, buf, self._urgent)
             return bytes(buf.view[offset:min(offset + size, buf.size)])
@@ -326,23 +349,48 @@ class ChunkFetcher:
             self._stats.unstored += 1
         self._signal_freed()
 
-    async def _take_buffer(self) -> _Buffer:
+    async def _take_buffer(self, urgent: bool) -> _Buffer:
+        """A buffer for a download; `urgent` for a reader waiting now, else a fetch ahead."""
+        waited = False
+        if self._last_read is None:
+            self._last_read = trio.current_time()
         while True:
             if self._free:
                 return self._free.pop()
             if self._allocated < self.buffer_count:
                 self._allocated += 1
                 return _Buffer(self.chunk_size)
-            # Recycle the least recently read chunk whose store write has finished
-            # (stored, or refused by a full disk: then it is fetched again if needed);
-            # chunks fetched ahead and not read yet go last.
-            victim = next((d for d, b in self._memory.items() if not b.writing and b.reads), None)
-            if victim is None:
-                victim = next((d for d, b in self._memory.items() if not b.writing), None)
+            victim = self._victim(urgent)
             if victim is not None:
                 return self._memory.pop(victim)
-            self._stats.buffer_waits += 1
-            await self._buffer_freed.wait()
+            if not waited:
+                waited = True
+                self._stats.buffer_waits += 1
+            # Woken by a finished write or a first read; the timeout re-checks idleness.
+            with trio.move_on_after(READERS_IDLE_S / 4):
+                await self._buffer_freed.wait()
+
+    def _victim(self, urgent: bool) -> str | None:
+        """The chunk whose buffer to recycle, least recently read first; None: wait.
+
+        Only chunks whose store write has finished (stored, or refused by a full disk:
+        then fetched again if needed). A reader waiting now takes any of them, chunks
+        not read yet last; a fetch ahead only those readers are done with (see
+        RECENT_READ_S).
+        """
+        now = trio.current_time()
+        idle = now - self._last_read >= READERS_IDLE_S
+        recent = unread = None
+        for digest, b in self._memory.items():
+            if b.writing:
+                continue
+            if b.reads:
+                if b.bytes_read >= b.size or now - b.last_read >= RECENT_READ_S:
+                    return digest
+                recent = recent or digest
+            elif unread is None and (urgent or idle or now - b.filled_at >= UNREAD_KEPT_S):
+                unread = digest
+        return (recent or unread) if urgent else unread
 
     def _give_back(self, buf: _Buffer) -> None:
         self._free.append(buf)

@@ -284,6 +284,52 @@ def test_memory_stays_within_the_buffer_pool_whatever_the_readers(tmp_path: Path
     assert stats.buffers == 3, "more chunk buffers than the pool holds"
 
 
+
+def test_fetches_ahead_do_not_recycle_a_chunk_a_reader_is_in(tmp_path: Path) -> None:
+    """Prefetch must not push out what a reader is half-way through; a waiting reader may."""
+    rig = ReaderRig(tmp_path)
+    data, entry = rig.data, rig.entry
+    digest = entry.chunks
+
+    async def main():
+        fetcher = ChunkFetcher(BotocoreSource(rig.fake), rig.store, CHUNK, trio.CapacityLimiter(8),
+                               RetryPolicy(3, 0.1, 1), buffers=2)
+        events: list[str] = []
+        fetched_ahead = trio.Event()
+        async with trio.open_nursery() as n:
+            await fetcher.ensure(entry, 0, urgent=True)
+            assert fetcher.read_verified(digest[0], 0, CHUNK // 2) == data[:CHUNK // 2]
+            await fetcher.ensure(entry, 1)  # fetched ahead, not read yet
+
+            async def ahead() -> None:
+                await fetcher.ensure(entry, 2)
+                events.append("ahead fetched")
+                fetched_ahead.set()
+
+            n.start_soon(ahead)
+            for _ in range(3):  # a reader still in chunk 0, reading every 0.3 s
+                await trio.sleep(0.3)
+                assert fetcher.read_verified(digest[0], CHUNK // 2, 16) == data[CHUNK // 2:CHUNK // 2 + 16]
+            events.append("chunk 0 kept while read")
+            assert fetcher.read_verified(digest[1], 0, 16) == data[CHUNK:CHUNK + 16]
+            # The reader finishes chunk 0: the fetch ahead takes its buffer.
+            fetcher.read_verified(digest[0], CHUNK // 2 + 16, CHUNK)
+            events.append("chunk 0 read")
+            with trio.fail_after(5):
+                await fetched_ahead.wait()
+            # A reader waiting now takes a buffer even from a chunk being read (chunk 1).
+            await fetcher.ensure(entry, 5, urgent=True)
+            events.append("urgent fetched")
+            held = {i: fetcher.read_verified(digest[i], 0, 16) for i in (0, 1, 2, 5)}
+            n.cancel_scope.cancel()
+        return events, held, fetcher.statistics()
+
+    events, held, stats = trio.run(main)  # real time: downloads run in threads
+    assert events == ["chunk 0 kept while read", "chunk 0 read", "ahead fetched", "urgent fetched"]
+    assert held == {0: None, 1: None, 2: data[2 * CHUNK:2 * CHUNK + 16], 5: data[5 * CHUNK:5 * CHUNK + 16]}
+    assert stats.buffers == 2
+
+
 BLOCK = CHUNK // 4
 
 
