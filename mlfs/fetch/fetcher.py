@@ -128,11 +128,12 @@ class _Buffer:
 
 
 class _Flight:
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "urgent")
 
-    def __init__(self) -> None:
+    def __init__(self, urgent: bool = False) -> None:
         self.done = trio.Event()
         self.error: BaseException | None = None
+        self.urgent = urgent  # for a reader waiting now (or one has joined): buffers as it would
 
 
 DEFAULT_BUFFERS = 12
@@ -236,9 +237,10 @@ class ChunkFetcher:
         if digest in self._ready or digest in self._memory:
             self._stats.store_hits += 1
             return digest
-        if await self._joined(self._flights, digest):
+        if await self._joined(self._flights, digest, urgent):
             return digest
-        with self._flying(self._flights, digest):
+        with self._flying(self._flights, digest) as flight:
+            flight.urgent = urgent
             # First use in this process: check the cached copy (cheap xxh3) or download.
             present = await trio.to_thread.run_sync(self.store.ensure_verified, digest, limiter=limiter)
             if present:
@@ -246,7 +248,7 @@ class ChunkFetcher:
                 self._ready.add(digest)
                 return digest
             self._stats.store_misses += 1
-            buf = await self._take_buffer(urgent)
+            buf = await self._take_buffer(flight)
             started = time.monotonic()
             try:
                 await self._download_chunk(entry, index, buf, limiter)
@@ -273,7 +275,7 @@ class ChunkFetcher:
         For a reader whose chunk was evicted again each time it was fetched (a store far
         smaller than its readers' working set): bounded memory, always verified bytes.
         """
-        buf = await self._take_buffer(urgent=True)
+        buf = await self._take_buffer(_Flight(urgent=True))
         try:
             await self._download_chunk(entry, index, buf, self._urgent)
             return bytes(buf.view[offset:min(offset + size, buf.size)])
@@ -309,11 +311,17 @@ class ChunkFetcher:
 
     # One download per digest at a time (single-flight): a second caller waits for the
     # first one's result, and gets its error too.
-    async def _joined(self, flights: dict[str, _Flight], digest: str) -> bool:
+    async def _joined(self, flights: dict[str, _Flight], digest: str, urgent: bool = False) -> bool:
         """Wait for another caller's download of `digest`; False if there is none."""
         flight = flights.get(digest)
         if flight is None:
             return False
+        if urgent and not flight.urgent:
+            # A fetch ahead may be waiting for a buffer only readers may take; this
+            # reader now waits on it, so it may take one too (else the reader waits on
+            # read-ahead that waits on readers).
+            flight.urgent = True
+            self._signal_freed()
         self._stats.shared_waits += 1
         await flight.done.wait()
         if flight.error is not None:
@@ -322,11 +330,11 @@ class ChunkFetcher:
 
     @staticmethod
     @contextlib.contextmanager
-    def _flying(flights: dict[str, _Flight], digest: str) -> Iterator[None]:
+    def _flying(flights: dict[str, _Flight], digest: str) -> Iterator[_Flight]:
         """This caller downloads `digest`; waiters are released when it is done or failed."""
         flight = flights[digest] = _Flight()
         try:
-            yield
+            yield flight
         except BaseException as exc:
             flight.error = exc
             raise
@@ -349,8 +357,8 @@ class ChunkFetcher:
             self._stats.unstored += 1
         self._signal_freed()
 
-    async def _take_buffer(self, urgent: bool) -> _Buffer:
-        """A buffer for a download; `urgent` for a reader waiting now, else a fetch ahead."""
+    async def _take_buffer(self, flight: _Flight) -> _Buffer:
+        """A buffer for a download: as a reader waiting now if `flight` is urgent, else a fetch ahead."""
         waited = False
         if self._last_read is None:
             self._last_read = trio.current_time()
@@ -360,7 +368,7 @@ class ChunkFetcher:
             if self._allocated < self.buffer_count:
                 self._allocated += 1
                 return _Buffer(self.chunk_size)
-            victim = self._victim(urgent)
+            victim = self._victim(flight.urgent)
             if victim is not None:
                 return self._memory.pop(victim)
             if not waited:
