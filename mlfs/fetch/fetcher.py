@@ -467,7 +467,7 @@ class ChunkFetcher:
             try:
                 # One byte of room past the end shows a server sending more than asked.
                 target = room if len(room) > want else memoryview(bytearray(want + 1))
-                got = _fill(body, target[: want + 1])
+                got = body.readinto(target[: want + 1])  # RangeBody: full unless the body ends
             finally:
                 body.close()
         except _CONNECTION_ERRORS as exc:
@@ -530,17 +530,6 @@ def _classify_status(status: int, what: str, where: str) -> Exception:
     if status == 429 or status >= 500:
         return _Retryable(f"{where}: HTTP {status} {what}")
     return FetchError(f"{where}: HTTP {status} {what}")
-
-
-def _fill(body: Any, buffer: memoryview) -> int:
-    """Read `body` into `buffer` until it is full or the body ends; the count read."""
-    got = 0
-    while got < len(buffer):
-        n = body.readinto(buffer[got:])
-        if not n:
-            break
-        got += n
-    return got
 
 
 def _same_error(exc: BaseException) -> BaseException:
