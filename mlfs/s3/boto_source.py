@@ -8,7 +8,7 @@ from typing import Any
 import botocore.exceptions
 import urllib3.exceptions
 
-from mlfs.s3.source import S3Answered, S3NoCredentials, S3Unreachable
+from mlfs.s3.source import S3Answered, S3NoCredentials, S3Unreachable, fill
 
 # What reading a body raises when it breaks off.
 _BROKE_OFF = (
@@ -85,13 +85,7 @@ class _Body:
 
     def readinto(self, buffer: memoryview) -> int:
         try:
-            got = 0
-            while got < len(buffer):
-                n = self._inner(buffer[got:])
-                if not n:
-                    break
-                got += n
-            return got
+            return fill(self._inner, buffer)
         except _BROKE_OFF as exc:
             raise S3Unreachable(f"body broke off: {exc}") from None
 

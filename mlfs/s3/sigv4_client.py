@@ -21,7 +21,7 @@ import threading
 import time
 from urllib.parse import quote, urlsplit
 
-from mlfs.s3.source import S3Answered, S3Unreachable
+from mlfs.s3.source import S3Answered, S3Unreachable, fill
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _ERROR_BODY_MAX = 64 * 1024
@@ -189,13 +189,7 @@ class _Body:
 
     def readinto(self, buffer: memoryview) -> int:
         try:
-            got = 0
-            while got < len(buffer):
-                n = self._resp.readinto(buffer[got:])
-                if not n:
-                    break
-                got += n
-            return got
+            return fill(self._resp.readinto, buffer)
         except (OSError, http.client.HTTPException) as exc:
             raise S3Unreachable(f"body broke off: {exc or type(exc).__name__}") from None
 

@@ -16,6 +16,7 @@ status, `S3Unreachable` (a `ConnectionError`) when no reply came or a body broke
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -37,6 +38,19 @@ class S3Unreachable(ConnectionError):
 
 class S3NoCredentials(Exception):
     """No credentials to sign requests with."""
+
+
+def fill(readinto: Callable[[memoryview], int], buffer: memoryview) -> int:
+    """Call `readinto` until `buffer` is full or it returns 0 (the body ended); the count read.
+
+    A socket hands over what has arrived, so one call rarely fills a 16 MiB buffer."""
+    got = 0
+    while got < len(buffer):
+        n = readinto(buffer[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 class RangeBody(Protocol):
