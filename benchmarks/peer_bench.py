@@ -1,7 +1,7 @@
 """mlfs against its peers on the same data, in one run: the reads users make.
 
-    python benchmarks/peer_bench.py [--size-mib 1024] [--runs 3] [--peers raw,curl,s3fs,weed,mlfs]
-                                    [--no-model | --model-only]
+    python benchmarks/peer_bench.py [--size-mib 1024] [--runs 3] [--warmup 1]
+                                    [--peers raw,curl,s3fs,weed,mlfs] [--no-model | --model-only]
 
 One SeaweedFS S3 server on loopback holds a 1 GiB object, two 512 MiB files and a 1 GiB
 4-shard safetensors model. The plain files are named `.dat`: a `.bin` would be taken for
@@ -13,7 +13,9 @@ reads; mount → `cat config.json`; warm re-read; daemon CPU-seconds per GiB and
 (from /proc/PID); then the cold model load (every tensor) through the mount, against
 download-then-load with boto3 and the Run:ai model streamer where it is installed
 (`pip install -e '.[bench]'`). The page cache is dropped before every cold run (root);
-each figure is the median of --runs runs. Nothing is asserted: figures are for reading.
+the peers take turns: each round runs every workload of every peer once, the --warmup
+rounds first are not counted, and each figure is the median of --runs counted rounds.
+Nothing is asserted: figures are for reading.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class Figures:
 
     def add(self, name: str, value: float) -> None:
         self.runs.setdefault(name, []).append(value)
+
+    def extend(self, other: Figures) -> None:
+        for name, values in other.runs.items():
+            self.runs.setdefault(name, []).extend(values)
 
     def median(self, name: str) -> float | None:
         values = self.runs.get(name)
@@ -338,8 +344,8 @@ def runai_available() -> bool:
     return probe.returncode == 0
 
 
-def bench_model(d: Data, runs: int, peers: list[str]) -> dict[str, float]:
-    """Median seconds of a cold load of every tensor, per way of loading."""
+def model_ways(d: Data, peers: list[str]) -> dict[str, Callable[[], int]]:
+    """Each way of loading the model: name → a function doing one cold load."""
     ways: dict[str, Callable[[], int]] = {"download then load (boto3)": lambda: download_then_load(d)}
 
     def through(peer: str, extra: tuple[str, ...] = ()) -> Callable[[], int]:
@@ -361,21 +367,22 @@ def bench_model(d: Data, runs: int, peers: list[str]) -> dict[str, float]:
         ways["Run:ai model streamer"] = lambda: load_tensors(urls, RUNAI_SCRIPT, env)
     else:
         print("Run:ai model streamer not installed (pip install -e '.[bench]'); its row is skipped")
-    out: dict[str, float] = {}
-    for name, fn in ways.items():
-        times = []
-        for _ in range(runs):
-            drop_caches()
-            t0 = time.perf_counter()
-            try:
-                fn()
-            except (RuntimeError, subprocess.CalledProcessError) as exc:
-                print(f"{name}: failed ({exc}); row skipped")
-                break
-            times.append(time.perf_counter() - t0)
-        if times:
-            out[name] = statistics.median(times)
-    return out
+    return ways
+
+
+def model_round(ways: dict[str, Callable[[], int]], times: dict[str, list[float]]) -> None:
+    """One cold load by each way, in turn; a way that fails is dropped."""
+    for name, fn in list(ways.items()):
+        drop_caches()
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except (RuntimeError, subprocess.CalledProcessError) as exc:
+            print(f"{name}: failed ({exc}); row skipped")
+            del ways[name]
+            times.pop(name, None)
+            continue
+        times.setdefault(name, []).append(time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------- setup
@@ -418,7 +425,7 @@ def prepare(work: Path, server: S3Server, size: int) -> Data:
 def report(figs: dict[str, Figures], model: dict[str, float], args: argparse.Namespace, cold: bool) -> None:
     host = os.uname()
     print(f"\n{time.strftime('%Y-%m-%d %H:%M %Z')}, {host.nodename} ({host.machine}, {os.cpu_count()} CPUs, "
-          f"kernel {host.release}); {args.size_mib} MiB object, SeaweedFS S3 on loopback; medians of {args.runs} runs"
+          f"kernel {host.release}); {args.size_mib} MiB object, SeaweedFS S3 on loopback; medians of {args.runs} rounds after {args.warmup} warm-up"
           + ("" if cold else "; WARNING: page cache could not be dropped (not root): cold runs are not cold"))
     rows = ["cold MB/s", "daemon CPU-s/GiB", "server CPU-s/GiB", "4 readers s", "random 4KiB reads/s",
             "random 4KiB reads/s, 256K blocks", "mount→cat ms", "warm MB/s", "peak RSS MiB", "peak RSS 4 readers MiB"]
@@ -453,6 +460,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     ap.add_argument("--peers", default="raw,curl,s3fs,weed,mlfs")
     ap.add_argument("--no-model", action="store_true", help="skip the model load")
     ap.add_argument("--model-only", action="store_true", help="only the model load")
@@ -467,22 +475,36 @@ def main() -> None:
     server = start_seaweedfs(work / "seaweedfs")
     try:
         data = prepare(work, server, args.size_mib * MIB)
-        figs: dict[str, Figures] = {}
         peers_measured = [] if args.model_only else peers
-        if "raw" in peers_measured or "curl" in peers_measured:
-            raw, curl = bench_raw(data, args.runs)
-            if "raw" in peers:
-                figs["raw"] = raw
-            if "curl" in peers:
-                figs["curl"] = curl
-        for peer in ("s3fs", "weed", "mlfs"):
-            if peer in peers_measured:
-                print(f"measuring {peer}…", flush=True)
-                try:
-                    figs[peer] = bench_mount(data, peer, args.runs)
-                except (RuntimeError, subprocess.CalledProcessError) as exc:
-                    print(f"{peer}: failed ({exc}); its column is skipped")
-        model = {} if args.no_model else bench_model(data, args.runs, peers)
+        figs = {p: Figures() for p in peers_measured}
+        ways = {} if args.no_model else model_ways(data, peers)
+        times: dict[str, list[float]] = {}
+        # Rounds, not peer after peer: this VM's speed drifts over minutes, so every peer
+        # gets a run in each round; the first round only warms up (its figures are dropped).
+        for round_ in range(args.warmup + args.runs):
+            timed = round_ >= args.warmup
+            print(f"round {round_ + 1} of {args.warmup + args.runs}{'' if timed else ' (warm-up)'}…", flush=True)
+            if "raw" in figs or "curl" in figs:
+                raw, curl = bench_raw(data, 1)
+                if timed:
+                    figs.get("raw", Figures()).extend(raw)
+                    figs.get("curl", Figures()).extend(curl)
+            for peer in ("s3fs", "weed", "mlfs"):
+                if peer in figs:
+                    try:
+                        fig = bench_mount(data, peer, 1)
+                    except (RuntimeError, subprocess.CalledProcessError) as exc:
+                        print(f"{peer}: failed ({exc}); its column is skipped")
+                        del figs[peer]
+                        continue
+                    if timed:
+                        figs[peer].extend(fig)
+            round_times: dict[str, list[float]] = {}
+            model_round(ways, round_times)
+            if timed:
+                for name, values in round_times.items():
+                    times.setdefault(name, []).extend(values)
+        model = {name: statistics.median(values) for name, values in times.items() if name in ways}
         report(figs, model, args, cold)
     finally:
         server.stop()

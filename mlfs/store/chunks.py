@@ -611,7 +611,7 @@ class ChunkStore:
             pid, _, start = d.name.partition("-")
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
-            if _start_time(int(pid)) != start:
+            if _start_time(int(pid)) != start or not _process_alive(int(pid)):
                 shutil.rmtree(d, ignore_errors=True)
 
     def clean_dead_writers(self) -> None:
@@ -753,4 +753,14 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    # A process that has exited stays a zombie until its parent reaps it, which in a
+    # container whose init does not reap may be never: one whose every thread has exited
+    # writes nothing more.
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
+    except (OSError, IndexError):
+        # Reaped while being read, or no /proc to tell: only the first is certain.
+        return not os.path.isdir("/proc/self") or os.path.isdir(f"/proc/{pid}")
+    return not all(state in ("Z", "X") for state in states)
     return True

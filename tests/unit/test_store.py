@@ -160,3 +160,30 @@ def test_usage_and_pins_are_shared_by_every_store_on_the_directory(tmp_path: Pat
     mount_a.unpin([pinned])
     mount_b.put_bytes(b"\x09" * (16 * MIB))
     assert not mount_b.contains(pinned), "an unpinned old chunk is evicted"
+
+
+def test_a_dead_writers_temp_file_goes_even_while_it_is_an_unreaped_zombie(tmp_path: Path) -> None:
+    # In a container whose init does not reap, a killed mount stays a zombie for good;
+    # its temp files and pins must not outlive it.
+    import subprocess
+
+    from mlfs.store.chunks import _PID_NAMESPACE
+
+    ChunkStore(tmp_path)
+    live = subprocess.Popen(["sleep", "30"])
+    dead = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{dead.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        temps = {p: tmp_path / "tmp" / f"{p.pid}@{_PID_NAMESPACE}.1.1" for p in (live, dead)}
+        for f in temps.values():
+            f.write_bytes(b"partial")
+        ChunkStore(tmp_path)  # opening a store removes dead writers' temp files
+        assert temps[live].exists(), "a live writer's temp file was removed"
+        assert not temps[dead].exists(), "a zombie writer's temp file was kept"
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
