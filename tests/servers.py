@@ -77,6 +77,7 @@ class S3Server:
     log_path: Path | None = None
     name: str = "s3"
     extra: dict = field(default_factory=dict)
+    ports: tuple[int, ...] = ()  # SeaweedFS names its unix sockets after them
 
     def client(self):
         return boto3.client(
@@ -116,6 +117,11 @@ class S3Server:
 
     def stop(self, grace: float = 2.0) -> None:
         stop_process(self.process, grace)
+        # A killed SeaweedFS leaves its unix sockets (TMPDIR/seaweedfs-<service>-<port>.sock).
+        tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+        for port in self.ports:
+            for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def remove_bucket(client: Any, name: str) -> None:
@@ -179,6 +185,7 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
         metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics",
         log_path=log_path,
         name="seaweedfs",
+        ports=tuple(ports.values()),
     )
     client = server.client()
     deadline = time.monotonic() + timeout
