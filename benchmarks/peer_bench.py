@@ -202,52 +202,52 @@ MOUNTS: dict[str, Callable[..., contextlib.AbstractContextManager[tuple[Path, in
 
 
 # ------------------------------------------------------------------ workloads
-def bench_mount(d: Data, peer: str, runs: int) -> Figures:
+def bench_mount(d: Data, peer: str) -> Figures:
+    """One run of every mount workload through `peer`."""
     fig = Figures()
     mount = MOUNTS[peer]
     server_pid = d.server.process.pid
-    for _ in range(runs):
-        # Cold sequential dd, then the warm re-read, daemon CPU and peak RSS.
+    # Cold sequential dd, then the warm re-read, daemon CPU and peak RSS.
+    drop_caches()
+    with mount(d, "big") as (mp, pid):
+        cpu0, scpu0 = cpu_seconds(pid), cpu_seconds(server_pid)
+        t0 = time.perf_counter()
+        n = dd(mp / "big.dat")
+        dt = time.perf_counter() - t0
+        fig.add("cold MB/s", n / dt / 1e6)
+        fig.add("daemon CPU-s/GiB", (cpu_seconds(pid) - cpu0) / (n / GIB))
+        fig.add("server CPU-s/GiB", (cpu_seconds(server_pid) - scpu0) / (n / GIB))
+        t0 = time.perf_counter()
+        n = dd(mp / "big.dat")
+        fig.add("warm MB/s", n / (time.perf_counter() - t0) / 1e6)
+        fig.add("peak RSS MiB", peak_rss_mib(pid))
+    # Cold 4 KiB random reads, one reader.
+    drop_caches()
+    with mount(d, "big") as (mp, _pid):
+        t0 = time.perf_counter()
+        n = random_reads(mp / "big.dat", d.big_size)
+        fig.add("random 4KiB reads/s", n / (time.perf_counter() - t0))
+    if peer == "mlfs":
+        # The same reads with a manifest that has 256 KiB block digests (generate
+        # --block-size 256K, what an artifact read at random is generated with).
         drop_caches()
-        with mount(d, "big") as (mp, pid):
-            cpu0, scpu0 = cpu_seconds(pid), cpu_seconds(server_pid)
-            t0 = time.perf_counter()
-            n = dd(mp / "big.dat")
-            dt = time.perf_counter() - t0
-            fig.add("cold MB/s", n / dt / 1e6)
-            fig.add("daemon CPU-s/GiB", (cpu_seconds(pid) - cpu0) / (n / GIB))
-            fig.add("server CPU-s/GiB", (cpu_seconds(server_pid) - scpu0) / (n / GIB))
-            t0 = time.perf_counter()
-            n = dd(mp / "big.dat")
-            fig.add("warm MB/s", n / (time.perf_counter() - t0) / 1e6)
-            fig.add("peak RSS MiB", peak_rss_mib(pid))
-        # Cold 4 KiB random reads, one reader.
-        drop_caches()
-        with mount(d, "big") as (mp, _pid):
+        with mount(d, "big-blocks") as (mp, _pid):
             t0 = time.perf_counter()
             n = random_reads(mp / "big.dat", d.big_size)
-            fig.add("random 4KiB reads/s", n / (time.perf_counter() - t0))
-        if peer == "mlfs":
-            # The same reads with a manifest that has 256 KiB block digests (generate
-            # --block-size 256K, what an artifact read at random is generated with).
-            drop_caches()
-            with mount(d, "big-blocks") as (mp, _pid):
-                t0 = time.perf_counter()
-                n = random_reads(mp / "big.dat", d.big_size)
-                fig.add("random 4KiB reads/s, 256K blocks", n / (time.perf_counter() - t0))
-        # 4 readers of 2 × 512 MiB (two per file), cold.
-        drop_caches()
-        with mount(d, "halves") as (mp, pid):
-            t0 = time.perf_counter()
-            parallel(*(lambda p=mp / f: dd(p) for f in ("a.dat", "a.dat", "b.dat", "b.dat")))
-            fig.add("4 readers s", time.perf_counter() - t0)
-            fig.add("peak RSS 4 readers MiB", peak_rss_mib(pid))
-        # Mount → first small file read.
-        drop_caches()
+            fig.add("random 4KiB reads/s, 256K blocks", n / (time.perf_counter() - t0))
+    # 4 readers of 2 × 512 MiB (two per file), cold.
+    drop_caches()
+    with mount(d, "halves") as (mp, pid):
         t0 = time.perf_counter()
-        with mount(d, "model") as (mp, _pid):
-            (mp / "config.json").read_bytes()
-            fig.add("mount→cat ms", (time.perf_counter() - t0) * 1e3)
+        parallel(*(lambda p=mp / f: dd(p) for f in ("a.dat", "a.dat", "b.dat", "b.dat")))
+        fig.add("4 readers s", time.perf_counter() - t0)
+        fig.add("peak RSS 4 readers MiB", peak_rss_mib(pid))
+    # Mount → first small file read.
+    drop_caches()
+    t0 = time.perf_counter()
+    with mount(d, "model") as (mp, _pid):
+        (mp / "config.json").read_bytes()
+        fig.add("mount→cat ms", (time.perf_counter() - t0) * 1e3)
     return fig
 
 
@@ -274,23 +274,23 @@ def raw_range_gets(d: Data, key: str, size: int, threads: int = 8, part: int = 1
         return sum(pool.map(get, range(0, size, part)))
 
 
-def bench_raw(d: Data, runs: int) -> tuple[Figures, Figures]:
+def bench_raw(d: Data) -> tuple[Figures, Figures]:
+    """One run of the server's own speed: raw parallel range GETs and curl."""
     raw, curl = Figures(), Figures()
-    for _ in range(runs):
-        drop_caches()
-        t0 = time.perf_counter()
-        n = raw_range_gets(d, "big/v1/big.dat", d.big_size)
-        raw.add("cold MB/s", n / (time.perf_counter() - t0) / 1e6)
-        drop_caches()
-        scpu0 = cpu_seconds(d.server.process.pid)
-        t0 = time.perf_counter()
-        n = curl_get(d, "big/v1/big.dat")
-        curl.add("cold MB/s", n / (time.perf_counter() - t0) / 1e6)
-        curl.add("server CPU-s/GiB", (cpu_seconds(d.server.process.pid) - scpu0) / (n / GIB))
-        drop_caches()
-        t0 = time.perf_counter()
-        parallel(*(lambda k=f"halves/v1/{f}": curl_get(d, k) for f in ("a.dat", "a.dat", "b.dat", "b.dat")))
-        curl.add("4 readers s", time.perf_counter() - t0)
+    drop_caches()
+    t0 = time.perf_counter()
+    n = raw_range_gets(d, "big/v1/big.dat", d.big_size)
+    raw.add("cold MB/s", n / (time.perf_counter() - t0) / 1e6)
+    drop_caches()
+    scpu0 = cpu_seconds(d.server.process.pid)
+    t0 = time.perf_counter()
+    n = curl_get(d, "big/v1/big.dat")
+    curl.add("cold MB/s", n / (time.perf_counter() - t0) / 1e6)
+    curl.add("server CPU-s/GiB", (cpu_seconds(d.server.process.pid) - scpu0) / (n / GIB))
+    drop_caches()
+    t0 = time.perf_counter()
+    parallel(*(lambda k=f"halves/v1/{f}": curl_get(d, k) for f in ("a.dat", "a.dat", "b.dat", "b.dat")))
+    curl.add("4 readers s", time.perf_counter() - t0)
     return raw, curl
 
 
@@ -485,26 +485,22 @@ def main() -> None:
             timed = round_ >= args.warmup
             print(f"round {round_ + 1} of {args.warmup + args.runs}{'' if timed else ' (warm-up)'}…", flush=True)
             if "raw" in figs or "curl" in figs:
-                raw, curl = bench_raw(data, 1)
+                raw, curl = bench_raw(data)
                 if timed:
                     figs.get("raw", Figures()).extend(raw)
                     figs.get("curl", Figures()).extend(curl)
             for peer in ("s3fs", "weed", "mlfs"):
                 if peer in figs:
                     try:
-                        fig = bench_mount(data, peer, 1)
+                        fig = bench_mount(data, peer)
                     except (RuntimeError, subprocess.CalledProcessError) as exc:
                         print(f"{peer}: failed ({exc}); its column is skipped")
                         del figs[peer]
                         continue
                     if timed:
                         figs[peer].extend(fig)
-            round_times: dict[str, list[float]] = {}
-            model_round(ways, round_times)
-            if timed:
-                for name, values in round_times.items():
-                    times.setdefault(name, []).extend(values)
-        model = {name: statistics.median(values) for name, values in times.items() if name in ways}
+            model_round(ways, times if timed else {})
+        model = {name: statistics.median(values) for name, values in times.items()}
         report(figs, model, args, cold)
     finally:
         server.stop()

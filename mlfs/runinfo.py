@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlfs.errors import MountError
+from mlfs.procs import process_start_time
 
 
 def run_dir() -> Path:
@@ -68,17 +69,6 @@ def checked_run_dir(create: bool) -> Path:
 def info_path(mountpoint: str | os.PathLike[str], create: bool = False) -> Path:
     key = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:24]
     return checked_run_dir(create) / f"{key}.json"
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses; fields after the
-    # last ')' are plain numbers.
-    return int(text.rsplit(")", 1)[1].split()[19])
 
 
 def publisher() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mlfs.fuse.mountpoints import find_mount, lazy_unmount
+from mlfs.procs import process_alive
 from tests.daemon_logs import DAEMON_LOGS, mount_log_path
 
 # `mlfs mount` checks S3 with one HEAD of an object before mounting, which SeaweedFS
@@ -62,25 +63,13 @@ def daemon_pid(mountpoint: Path) -> int | None:
     return None
 
 
-def _exited(pid: int) -> bool:
-    """Every thread of `pid` has exited: it is gone or a zombie. An exited daemon stays a
-    zombie until its parent, init here, reaps it, which some inits do only every second
-    or two; its main thread alone shows as a zombie while other threads still run."""
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return all(state in ("Z", "X") for state in states)
-
-
 def wait_gone(pid: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # Reap if it is our child (it is not, for daemons, but be tidy).
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if _exited(pid):
+        if not process_alive(pid):  # a zombie counts as gone: init may reap it late
             return
         time.sleep(0.02)
     raise AssertionError(f"process {pid} still running after {timeout}s")

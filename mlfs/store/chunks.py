@@ -46,6 +46,7 @@ from pathlib import Path
 import xxhash
 
 from mlfs.errors import ChunkIntegrityError, StoreError
+from mlfs.procs import process_alive, process_start_time
 from mlfs.store.direct_io import DirectWriter
 
 log = logging.getLogger(__name__)
@@ -569,7 +570,7 @@ class ChunkStore:
         # it daemonises, and the pins must belong to the process that stays.
         if self._owner_name is None or (self._owner_name != _AUTHORITATIVE_PINS
                                         and not self._owner_name.startswith(f"{os.getpid()}-")):
-            self._owner_name = f"{os.getpid()}-{_start_time(os.getpid())}"
+            self._owner_name = f"{os.getpid()}-{process_start_time(os.getpid())}"
         return self._owner_name
 
     def _pin_dir(self, create: bool = True) -> Path:
@@ -611,7 +612,7 @@ class ChunkStore:
             pid, _, start = d.name.partition("-")
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
-            if _start_time(int(pid)) != start or not _process_alive(int(pid)):
+            if str(process_start_time(int(pid))) != start or not process_alive(int(pid)):
                 shutil.rmtree(d, ignore_errors=True)
 
     def clean_dead_writers(self) -> None:
@@ -626,7 +627,7 @@ class ChunkStore:
             pid, _, rest = f.name.partition("@")
             namespace = rest.split(".", 1)[0]
             if (pid.isdigit() and namespace == _PID_NAMESPACE and int(pid) != os.getpid()
-                    and not _process_alive(int(pid))):
+                    and not process_alive(int(pid))):
                 with contextlib.suppress(FileNotFoundError):
                     f.unlink()
 
@@ -722,15 +723,6 @@ def _file_digest(p: Path, algo: type) -> str:
     return h.hexdigest()
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' if it is gone): PID + this is unique."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
 def _pid_namespace() -> str:
     try:
         return str(os.stat("/proc/self/ns/pid").st_ino)
@@ -744,23 +736,3 @@ _PID_NAMESPACE = _pid_namespace()
 def _temp_name() -> str:
     # "PID@PIDNS.THREAD.NS": clean_dead_writers reads the writer back from the name.
     return f"{os.getpid()}@{_PID_NAMESPACE}.{threading.get_ident()}.{time.monotonic_ns()}"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A process that has exited stays a zombie until its parent reaps it, which in a
-    # container whose init does not reap may be never: one whose every thread has exited
-    # writes nothing more.
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-        states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
-    except (OSError, IndexError):
-        # Reaped while being read, or no /proc to tell: only the first is certain.
-        return not os.path.isdir("/proc/self") or os.path.isdir(f"/proc/{pid}")
-    return not all(state in ("Z", "X") for state in states)
-    return True

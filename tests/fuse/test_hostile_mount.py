@@ -161,7 +161,7 @@ def test_readdir_lists_dot_and_dotdot(artifact: Artifact, tmp_path: Path) -> Non
 
 
 def test_reload_signals_only_the_mount_process(artifact: Artifact, tmp_path: Path, fault_case) -> None:
-    from mlfs.runinfo import process_start_time
+    from mlfs.procs import process_start_time
 
     env = dict(artifact.env, MLFS_RUN_DIR=str(tmp_path / "run"))
     with mounted(artifact.manifest, tmp_path / "mnt", env, "--cache", tmp_path / "cache") as mp:

@@ -284,7 +284,6 @@ def test_memory_stays_within_the_buffer_pool_whatever_the_readers(tmp_path: Path
     assert stats.buffers == 3, "more chunk buffers than the pool holds"
 
 
-
 def test_fetches_ahead_do_not_recycle_a_chunk_a_reader_is_in(tmp_path: Path) -> None:
     """Prefetch must not push out what a reader is half-way through; a waiting reader may."""
     rig = ReaderRig(tmp_path)
