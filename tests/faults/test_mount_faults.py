@@ -97,6 +97,12 @@ def _read_in_background(path: Path) -> tuple[threading.Thread, dict]:
     return thread, result
 
 
+# What a reader of a mount whose daemon went away gets from the kernel: ECONNABORTED for
+# a request queued when the FUSE device closed (fuse_abort_conn), ENOTCONN for one made
+# after. Which of the two a reader meets is a race inside the kernel.
+LOST_CONNECTION = (errno.ENOTCONN, errno.ECONNABORTED)
+
+
 def _wait_for(predicate, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -118,14 +124,15 @@ def test_kill_9_mid_fetch(fault_artifact: FaultArtifact, proxy_for, tmp_path: Pa
     wait_gone(pid)
     thread.join(30)
     assert not thread.is_alive(), "the reader hung after the daemon died"
-    assert result["errno"] == errno.ENOTCONN
+    assert result["errno"] in LOST_CONNECTION, result["errno"]
     killed_wrong = wrong_bytes(result["data"], art.data)
     # The next mount cleans the dead mount and the dead writer's temp file, then serves.
     with mounted(art.manifest, mp, proxy.env(), "--cache", cache) as again:
         got, err = read_sequential(again / "data.bin")
     assert err is None
     _assert_store_clean(cache, art)
-    fault_case.record(f"reader got ENOTCONN after {len(result['data'])} exact bytes; remount exact",
+    fault_case.record(f"reader got {errno.errorcode[result['errno']]} after {len(result['data'])} exact bytes; "
+                      "remount exact",
                       wrong_bytes=killed_wrong + wrong_bytes(got, art.data))
 
 
@@ -146,7 +153,9 @@ def test_sigterm_with_open_files_mid_fetch(fault_artifact: FaultArtifact, proxy_
         assert find_mount(mp) is None, "SIGTERM left a mount behind"
         with contextlib.suppress(OSError):
             held.close()
-    assert result["errno"] in (None, errno.ENOTCONN, errno.ENOENT, errno.EBADF), result["errno"]
+    # SIGTERM lets requests in flight finish, then closes the FUSE device: reads the
+    # reader makes after that meet a lost connection.
+    assert result["errno"] in (None, *LOST_CONNECTION, errno.ENOENT, errno.EBADF), result["errno"]
     _assert_store_clean(cache, art)
     outcome = "reader finished" if result["errno"] is None else f"reader got {errno.errorcode[result['errno']]}"
     fault_case.record(f"{outcome} after {len(result['data'])} exact bytes; unmounted cleanly",
