@@ -19,7 +19,7 @@ from mlfs.gateway.limits import TransferClock
 from mlfs.gateway.sigv4 import STREAMING_SIGNED, STREAMING_SIGNED_TRAILER
 
 BLOCK = 1 << 20
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 class ClientGone(Exception):

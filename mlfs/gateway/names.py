@@ -12,8 +12,8 @@ import re
 from mlfs.gateway.errors import S3Error
 
 MAX_KEY_BYTES = 1024
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
+_IP_LIKE = re.compile(r"^\d+\.\d+\.\d+\.\d+\Z")
 
 
 def check_bucket(name: str) -> str:

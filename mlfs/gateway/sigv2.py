@@ -33,7 +33,7 @@ _SUBRESOURCES = frozenset({
     "versions", "website", "response-content-type", "response-content-language", "response-expires",
     "response-cache-control", "response-content-disposition", "response-content-encoding",
 })
-_BASE64_SHA1 = re.compile(r"^[A-Za-z0-9+/]{27}=$")
+_BASE64_SHA1 = re.compile(r"^[A-Za-z0-9+/]{27}=\Z")
 
 
 def verify_header(policy: AccessPolicy, method: str, raw_path: bytes, pairs: list[tuple[str, str]],

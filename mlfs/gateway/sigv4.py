@@ -38,7 +38,7 @@ EMPTY_SHA256 = hashlib.sha256().hexdigest()
 MAX_SKEW = 15 * 60
 MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 DEFAULT_REGION = "us-east-1"
-_HEX_SIGNATURE = re.compile(r"^[0-9a-f]{64}$")
+_HEX_SIGNATURE = re.compile(r"^[0-9a-f]{64}\Z")
 # Presigned URLs cannot know the body; content-type/-md5 then need no signature (as in S3).
 _SIGNED_IF_PRESENT = ("content-md5", "content-type")
 

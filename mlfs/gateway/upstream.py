@@ -30,7 +30,7 @@ from mlfs.gateway.objects import CHUNK_SIZE, READ_BLOCK
 from mlfs.s3.client import S3Settings, make_client, split_s3_url
 
 log = logging.getLogger(__name__)
-_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}\Z")
 _KEPT_HEADERS = {
     "CacheControl": "cache-control", "ContentDisposition": "content-disposition",
     "ContentEncoding": "content-encoding", "ContentLanguage": "content-language",

@@ -26,7 +26,16 @@ MIN_BLOCK_SIZE = 64 * 1024
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX_DIGITS = str.maketrans("", "", "0123456789abcdef")
+
+
+def _all_digests(values: list[Any]) -> bool:
+    """Every item is 64 lowercase hex digits, checked in C loops: a 20 GB model with
+    256 KiB block digests has 80,000 of them, and a regex per item took 60 ms of the
+    mount's start-up."""
+    return (set(map(type, values)) <= {str} and set(map(len, values)) <= {64}
+            and "".join(values).translate(_HEX_DIGITS) == "")
 _TOP_KEYS = {"schema", "name", "version", "chunk_size", "block_size", "files", "symlinks", "prefetch", "metadata"}
 _FILE_KEYS = {"path", "size", "mode", "sha256", "chunks", "blocks", "source"}
 _SOURCE_KEYS = {"bucket", "key", "etag", "url"}
@@ -184,9 +193,7 @@ class _Parser:
                 f"{where}: {len(chunks)} chunk digests for {size} bytes "
                 f"(expected {expected} at chunk_size {chunk_size})"
             )
-        for j, c in enumerate(chunks):
-            if not isinstance(c, str) or not _SHA256.match(c):
-                raise self.fail(f"{where}: chunks[{j}] must be 64 lowercase hex digits")
+        self.digests(where, "chunks", chunks)
         return FileEntry(
             path=path,
             size=size,
@@ -208,10 +215,15 @@ class _Parser:
         if len(blocks) != expected:
             raise self.fail(f"{where}: {len(blocks)} block digests for {size} bytes "
                             f"(expected {expected} at block_size {block_size})")
-        for j, b in enumerate(blocks):
-            if not isinstance(b, str) or not _SHA256.match(b):
-                raise self.fail(f"{where}: blocks[{j}] must be 64 lowercase hex digits")
+        self.digests(where, "blocks", blocks)
         return tuple(blocks)
+
+    def digests(self, where: str, what: str, values: list[Any]) -> None:
+        if _all_digests(values):
+            return
+        for j, v in enumerate(values):  # which one: the error names it
+            if not isinstance(v, str) or not _SHA256.match(v):
+                raise self.fail(f"{where}: {what}[{j}] must be 64 lowercase hex digits")
 
     def source(self, where: str, doc: Any) -> Source:
         if not isinstance(doc, dict):

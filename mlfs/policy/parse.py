@@ -35,7 +35,7 @@ from mlfs.policy.operators import OPERATORS, compile_condition
 from mlfs.policy.units import parse_size
 from mlfs.policy.yamlsrc import Report
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}\Z")
 _TOP_KEYS = ("version", "description", "use", "pin_budget", "templates", "rules")
 _TEMPLATE_KEYS = ("description", "use", "rules")
 _RULE_KEYS = ("id", "description", "priority", "enabled", "threshold", "conditions", "actions")

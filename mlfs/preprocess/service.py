@@ -55,7 +55,7 @@ from mlfs.preprocess.templates import TEMPLATES
 log = logging.getLogger(__name__)
 MAX_BODY = 1 << 20
 MAX_JOBS_KEPT = 1000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 class ApiError(Exception):

@@ -20,7 +20,7 @@ from mlfs.errors import ConfigError
 MANIFEST_NAME = ".mlfs/manifest.json"
 BOOKKEEPING = ".mlfs/"
 _ROOTS = {"models": "model", "model-data": "model", "datasets": "dataset"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,255}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,255}\Z")
 
 
 @dataclass(frozen=True)

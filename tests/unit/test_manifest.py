@@ -67,6 +67,10 @@ CASES = {
     "too many chunks": (lambda d: d["files"][2].update(chunks=[D]), "expected 0"),
     "bad chunk digest": (lambda d: d["files"][1].update(chunks=[D, "B" * 64]), "chunks[1]"),
     "bad sha": (lambda d: d["files"][0].update(sha256="zz"), "sha256 must be"),
+    "sha with newline": (lambda d: d["files"][0].update(sha256=D + "\n"), "sha256 must be"),
+    "chunk digest with newline": (lambda d: d["files"][1].update(chunks=[D, D + "\n"]), "chunks[1]"),
+    "chunk digest not a string": (lambda d: d["files"][1].update(chunks=[D, 7]), "chunks[1]"),
+    "chunk digest too short": (lambda d: d["files"][1].update(chunks=[D[:63], D]), "chunks[0]"),
     "unknown file key": (lambda d: d["files"][0].update(extra=1), "unknown key"),
     "unknown top key": (lambda d: d.update(extra=1), "unknown top-level"),
     "schema": (lambda d: d.update(schema="other/9"), "unsupported schema"),
@@ -87,6 +91,8 @@ CASES = {
                        "4 block digests for 1048577 bytes (expected 5"),
     "bad block digest": (lambda d: (d.update(block_size=CHUNK // 4), d["files"][0].update(blocks=["x"])),
                          "blocks[0] must be"),
+    "uppercase block digest": (lambda d: (d.update(block_size=CHUNK // 4),
+                                          d["files"][1].update(blocks=[D, D, D, D.upper(), D])), "blocks[3] must be"),
 }
 
 
