@@ -17,6 +17,7 @@ def _check_options(chunk_size: str, block_size: str, workers: int, s3_url: str |
     and block sizes (None: no block digests)."""
     from mlfs.config import parse_size
     from mlfs.errors import ConfigError
+    from mlfs.manifest import DEFAULT_BLOCK_SIZE
     from mlfs.manifest.validate import MAX_CHUNK_SIZE, MIN_BLOCK_SIZE, MIN_CHUNK_SIZE
     from mlfs.s3.client import split_s3_url
 
@@ -24,7 +25,10 @@ def _check_options(chunk_size: str, block_size: str, workers: int, s3_url: str |
     if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
         raise ConfigError(f"--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes "
                           f"(64K to 1G), not {size}")
-    block = parse_size(block_size, "--block-size") if block_size not in ("0", "none") else 0
+    if block_size == "auto":
+        block = DEFAULT_BLOCK_SIZE if size > DEFAULT_BLOCK_SIZE and size % DEFAULT_BLOCK_SIZE == 0 else 0
+    else:
+        block = parse_size(block_size, "--block-size") if block_size not in ("0", "none") else 0
     # A block as large as the chunk adds nothing: the chunk's own digest covers it.
     if block and block < size and (block < MIN_BLOCK_SIZE or size % block):
         raise ConfigError(f"--block-size must be 0 (none) or at least {MIN_BLOCK_SIZE} bytes and divide "
@@ -63,9 +67,10 @@ def _check_options(chunk_size: str, block_size: str, workers: int, s3_url: str |
 @click.option("--name", help="Artifact name [second-to-last prefix component].")
 @click.option("--version", "version_", help="Artifact version [last prefix component].")
 @click.option("--chunk-size", default="16M", show_default=True, help="Chunk size.")
-@click.option("--block-size", default="0", show_default=True,
+@click.option("--block-size", default="auto", show_default=True,
               help="Also record a SHA-256 per block of this size (e.g. 256K), so that a random read "
-                   "fetches and verifies one block instead of its whole chunk; 0 records none.")
+                   "fetches and verifies one block instead of its whole chunk; 0 records none. auto: "
+                   "256K, or none when an mlfs gateway supplies the digests (it knows chunk digests only).")
 @click.option("--prefetch", multiple=True, help="Glob of files to fetch at mount (repeatable) [*.json, *.txt, ...].")
 @click.option("--no-prefetch", is_flag=True, help="Prefetch nothing at mount.")
 @click.option("--endpoint-url", help="S3 endpoint [$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL].")
@@ -111,13 +116,14 @@ def generate(s3_url, output, local_dir, from_file, name, version_, chunk_size, b
             else:
                 from mlfs.manifest.from_gateway import fetch_gateway_manifest
 
-                # The gateway knows chunk digests only: block digests mean reading the objects.
-                known = None if rehash or size != DEFAULT_CHUNK_SIZE or block \
+                # The gateway knows chunk digests only: block digests asked for by size
+                # mean reading the objects; by default its digests win without them.
+                known = None if rehash or size != DEFAULT_CHUNK_SIZE or (block and block_size != "auto") \
                     else fetch_gateway_manifest(client, bucket, prefix)
                 if known is not None:
                     if not quiet:
                         click.echo("mlfs: digests from the mlfs gateway (no re-hashing)", err=True)
-                    files, links = known.files, known.symlinks
+                    files, links, block = known.files, known.symlinks, None
                 else:
                     refs = gen.refs_from_s3(client, bucket, prefix)
                     files = run_with_progress("hashing", sum(r.size for r in refs), quiet,

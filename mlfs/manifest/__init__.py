@@ -1,6 +1,7 @@
 """Manifests: the unit of mounting (schema, validation, generation, import)."""
 
 from mlfs.manifest.model import (
+    DEFAULT_BLOCK_SIZE,
     DEFAULT_CHUNK_SIZE,
     SCHEMA,
     FileEntry,
@@ -11,6 +12,7 @@ from mlfs.manifest.model import (
 from mlfs.manifest.validate import load_manifest, parse_manifest
 
 __all__ = [
+    "DEFAULT_BLOCK_SIZE",
     "DEFAULT_CHUNK_SIZE",
     "SCHEMA",
     "FileEntry",

@@ -9,6 +9,10 @@ from urllib.parse import urlsplit
 
 SCHEMA = "mlfs.manifest/1"
 DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+# What `mlfs generate` records unless told otherwise: a cold 4 KiB read at a random
+# offset then fetches and verifies 256 KiB instead of its 16 MiB chunk (about 3x the
+# random reads/s), for 280 KB of manifest per GiB of files (25 ms to load 20 GB's worth).
+DEFAULT_BLOCK_SIZE = 256 * 1024
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def test_corruption_is_detected_and_quarantined(tmp_path: Path, xattrs: bool) ->
         os.removexattr(p, "user.mlfs.xxh3")
     with open(p, "r+b") as fh:
         fh.seek(100)
-        fh.write(b"X")
+        fh.write(bytes([data[100] ^ 0xFF]))  # a byte that differs, whatever the random data
     fresh = ChunkStore(tmp_path)  # a new process: nothing verified yet
     if not xattrs:
         fresh._xattrs = False
