@@ -1,7 +1,8 @@
 """`mlfs push`: a local model or dataset directory → `s3://B/{prefix}/{name}/{version}/`,
 its manifest next to it, and a registered version.
 
-Each file is hashed locally first (whole-file and 16 MiB chunk SHA-256, one pass).
+Each file is hashed locally first (whole-file, 16 MiB chunk and 256 KiB block SHA-256,
+one pass: the block digests let a random reader of the mount fetch 256 KiB, not 16 MiB).
 A file whose target object already carries the same SHA-256 (`x-amz-meta-mlfs-sha256`)
 is skipped, which makes a re-run after a killed push resume; a file that an earlier
 registered version of the same name holds in the same bucket is copied server-side;
@@ -24,9 +25,9 @@ from typing import Any
 
 import botocore.exceptions
 
-from mlfs.errors import ConfigError, FetchError
+from mlfs.errors import ConfigError, FetchError, ManifestError
 from mlfs.manifest.generate import build_manifest, hash_stream
-from mlfs.manifest.model import DEFAULT_CHUNK_SIZE, FileEntry, Source
+from mlfs.manifest.model import DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, FileEntry, Manifest, Source
 from mlfs.manifest.validate import check_path, parse_manifest
 from mlfs.registry.client import RegistryClient, RegistryRequestError
 from mlfs.registry.formats import LocalFile, detect
@@ -75,6 +76,7 @@ class LocalFileInfo:
     sha256: str = ""
     chunks: tuple[str, ...] = ()
     md5: str = ""
+    blocks: tuple[str, ...] = ()
 
 
 def list_directory(root: Path) -> list[LocalFileInfo]:
@@ -118,6 +120,11 @@ def push(plan: PushPlan, s3: Any, registry: RegistryClient, progress: Progress |
          say: Callable[[str], None] = lambda _m: None) -> PushResult:
     files = list_directory(plan.directory)
     _hash_all(files, plan.workers, progress)
+    manifest_key = plan.base + MANIFEST_NAME
+    current = _read_small(s3, plan.bucket, manifest_key)
+    if current is not None and not _same_contents(current, files, f"s3://{plan.bucket}/{manifest_key}"):
+        # Refused before anything is uploaded: the version's objects stay as its manifest says.
+        raise _different_version(plan, manifest_key)
     known = _known_copies(plan, registry)
     result = PushResult()
     lock = threading.Lock()
@@ -139,20 +146,20 @@ def push(plan: PushPlan, s3: Any, registry: RegistryClient, progress: Progress |
                 result.bytes_uploaded += f.size
             elif progress:
                 progress(f.size)
-        return FileEntry(f.rel, f.size, f.sha256, f.chunks, Source(bucket=plan.bucket, key=key, etag=etag))
+        return FileEntry(f.rel, f.size, f.sha256, f.chunks, Source(bucket=plan.bucket, key=key, etag=etag),
+                         blocks=f.blocks)
 
     with ThreadPoolExecutor(max_workers=max(1, plan.workers)) as pool:
         entries = list(pool.map(one, files))
     metadata: dict[str, Any] = {**hf_snapshot_revision(plan.directory)}
     if plan.trained_on:
         metadata["lineage"] = {"inputs": [_lineage_input(registry, ref) for ref in plan.trained_on]}
-    manifest = build_manifest(plan.name, plan.version, entries, metadata=metadata)
+    manifest = build_manifest(plan.name, plan.version, entries, metadata=metadata, block_size=DEFAULT_BLOCK_SIZE)
     text = manifest.dumps()
-    manifest_key = plan.base + MANIFEST_NAME
-    current = _read_small(s3, plan.bucket, manifest_key)
     if current is not None and current != text.encode():
-        raise ConfigError(f"s3://{plan.bucket}/{manifest_key} already holds a different manifest: version "
-                          f"{plan.version} of {plan.name} was pushed with other files (push a new version)")
+        if not _same_files(current, manifest, f"s3://{plan.bucket}/{manifest_key}"):
+            raise _different_version(plan, manifest_key)
+        text = current.decode()  # the same version pushed before block digests: it stays as it was
     if current is None:
         _put(s3, plan.bucket, manifest_key, text.encode(), "application/json")
     formats = [{"path": f.rel, "size": f.size, **detect(f.rel, LocalFile(str(f.path))).to_json()} for f in files]
@@ -168,13 +175,46 @@ def _hash_all(files: list[LocalFileInfo], workers: int, progress: Progress | Non
     def one(f: LocalFileInfo) -> None:
         md5 = hashlib.md5()
         with open(f.path, "rb") as fh:
-            size, whole, chunks, _ = hash_stream(fh, DEFAULT_CHUNK_SIZE, None, also=md5)
+            size, whole, chunks, blocks = hash_stream(fh, DEFAULT_CHUNK_SIZE, None, also=md5,
+                                                      block_size=DEFAULT_BLOCK_SIZE)
         if size != f.size:
             raise ConfigError(f"{f.rel}: changed while being read")
-        f.sha256, f.chunks, f.md5 = whole, tuple(chunks), md5.hexdigest()
+        f.sha256, f.chunks, f.md5, f.blocks = whole, tuple(chunks), md5.hexdigest(), tuple(blocks)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(one, files))
+
+
+def _different_version(plan: PushPlan, manifest_key: str) -> ConfigError:
+    return ConfigError(f"s3://{plan.bucket}/{manifest_key} already holds a different manifest: version "
+                       f"{plan.version} of {plan.name} was pushed with other files (push a new version)")
+
+
+def _same_contents(current: bytes, files: list[LocalFileInfo], where: str) -> bool:
+    """The manifest already there lists exactly these paths with these sizes and SHA-256."""
+    try:
+        old = parse_manifest(current, origin=where)
+    except ManifestError:
+        return False
+    return ({f.path: (f.size, f.sha256) for f in old.files} == {f.rel: (f.size, f.sha256) for f in files})
+
+
+def _same_files(current: bytes, new: Manifest, where: str) -> bool:
+    """The manifest already there describes the same version as `new`, block digests
+    aside (versions pushed before push recorded them have none)."""
+    try:
+        old = parse_manifest(current, origin=where)
+    except ManifestError:
+        return False
+
+    def without_blocks(m: Manifest) -> dict[str, Any]:
+        doc = m.to_json()
+        doc.pop("block_size", None)
+        for f in doc["files"]:
+            f.pop("blocks", None)
+        return doc
+
+    return without_blocks(old) == without_blocks(new)
 
 
 def _known_copies(plan: PushPlan, registry: RegistryClient) -> dict[str, str]:

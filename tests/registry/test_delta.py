@@ -137,3 +137,40 @@ def test_killed_push_resumes_without_resending_finished_files(seaweedfs: S3Serve
     assert sent == missing + manifest, out
     doc = json.loads(mlfs("models", "show", "models:/resumed/v1", "--json", env=env).stdout)
     assert (doc["status"], doc["objects"]) == ("READY", len(list(local.iterdir())))
+
+
+def test_repush_of_a_version_pushed_without_block_digests(seaweedfs: S3Server, registry_gateway: GatewayServer,
+                                                          sw_bucket: str, tmp_path: Path) -> None:
+    """Pushes record 256 KiB block digests; a version whose manifest predates them (none)
+    pushed again with the same files is accepted and keeps its manifest as it was."""
+    bucket = sw_bucket
+    client = seaweedfs.client()
+    env = env_for(seaweedfs, registry_gateway)
+    local = make_model_dir(tmp_path / "m", seed=7, shard_mib=2)
+    key = "model-data/older/v1/.mlfs/manifest.json"
+    _push(local, "older", "v1", bucket, env, "-q")
+    pushed = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    shard = next(f for f in pushed["files"] if f["path"].endswith(".safetensors"))
+    assert pushed["block_size"] == 256 << 10 and len(shard["blocks"]) == -(-shard["size"] // (256 << 10))
+
+    # What an earlier mlfs pushed: the same manifest without block digests, registered as such.
+    older = dict(pushed)
+    older.pop("block_size")
+    older["files"] = [{k: v for k, v in f.items() if k != "blocks"} for f in pushed["files"]]
+    older_text = json.dumps(older, indent=2, sort_keys=True) + "\n"
+    mlfs("models", "rm", "models:/older/v1", env=env)
+    client.put_object(Bucket=bucket, Key=key, Body=older_text.encode())
+    out = _push(local, "older", "v1", bucket, env)
+    assert "already there" in out, out
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read().decode() == older_text
+    assert mlfs("push", local, "--name", "older", "--version", "v1", "--bucket", bucket, "-q", env=env).returncode == 0
+
+    # Other files under the same version are refused before anything is uploaded.
+    config_key = "model-data/older/v1/config.json"
+    config = client.get_object(Bucket=bucket, Key=config_key)["Body"].read()
+    (local / "config.json").write_text("{}")
+    refused = mlfs("push", local, "--name", "older", "--version", "v1", "--bucket", bucket, "-q", env=env,
+                   check=False)
+    assert refused.returncode == 1 and "already holds a different manifest" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert client.get_object(Bucket=bucket, Key=config_key)["Body"].read() == config
