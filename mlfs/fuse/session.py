@@ -212,6 +212,7 @@ class MountSession:
 
     def statistics(self) -> dict[str, Any]:
         fetch = self.fetch_statistics()
+        store = dataclasses.asdict(self.store.statistics())  # counts the store's files: once
         doc: dict[str, Any] = {
             "pid": os.getpid(),
             "mountpoint": str(self.settings.mountpoint),
@@ -219,10 +220,10 @@ class MountSession:
             "cache": str(self.store.root),
             "s3": {"endpoint": self.source.endpoint, "client": self.source.kind},
             "fetch": dataclasses.asdict(fetch) if fetch else {},
-            "store": dataclasses.asdict(self.store.statistics()),
+            "store": store,
             "open_files": self.ops.statistics()["open_files"] if self.ops else 0,
             "files": self.ops.statistics() if self.ops else {},
-            "store_stats": dataclasses.asdict(self.store.statistics()),
+            "store_stats": store,
             "switched_at": self.switched_at,
         }
         if self.policy is not None:
