@@ -182,9 +182,11 @@ def mount_weed(d: Data, name: str) -> Iterator[tuple[Path, int]]:
     prefix = {"big": "big/v1", "halves": "halves/v1", "model": "model/v1"}[name]
     proc = subprocess.Popen(
         # host:port.grpcPort: weed otherwise assumes the gRPC port is port + 10000.
-        [shutil.which("weed") or "weed", "mount",
+        [shutil.which("weed") or "weed", f"-logdir={cache}", "mount",
          f"-filer=127.0.0.1:{d.port('-filer.port')}.{d.port('-filer.port.grpc')}",
-         f"-filer.path=/buckets/{BUCKET}/{prefix}", f"-dir={mp}", f"-cacheDir={cache}", "-readOnly"],
+         f"-filer.path=/buckets/{BUCKET}/{prefix}", f"-dir={mp}", f"-cacheDir={cache}", "-readOnly",
+         # Its control socket (default /tmp/seaweedfs-mount-HASH.sock, left behind) goes with the cache.
+         f"-localSocket={cache}/mount.sock"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_mounted(mp, proc, "weed mount")

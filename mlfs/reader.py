@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,14 @@ from mlfs.manifest.model import FileEntry, Manifest
 from mlfs.store.chunks import ChunkStore
 
 log = logging.getLogger(__name__)
+
+# Rent or buy: a random reader is served block by block until it has read this many
+# blocks of one chunk, about what fetching the whole chunk costs (cold, on loopback
+# SeaweedFS: 5.5 ms for a 256 KiB range GET, 42 ms for 16 MiB); its next read of that
+# chunk fetches and stores the chunk, and every later read of it is local. A sparse
+# reader of a large file stays on blocks; a dense one stops paying a GET per read
+# (a 64 MiB file read at random: 437 reads/s on blocks alone, 1,276 on chunks alone).
+BLOCK_READS_PER_CHUNK = 8
 
 
 @dataclass
@@ -162,6 +171,8 @@ class ArtifactReader:
         # Store reads run in worker threads (never on the event loop), apart from the
         # download threads so a cached read never queues behind a fetch.
         self._store_reads = trio.CapacityLimiter(4)
+        # Block-served reads per chunk digest (at most the manifest's chunks).
+        self._block_reads: Counter[str] = Counter()
 
     def open(self, entry: FileEntry, settings: ReadAheadSettings | None = None) -> OpenFile:
         base = settings or self.read_ahead
@@ -192,7 +203,9 @@ class ArtifactReader:
         for i in range(first, last + 1):
             lo = max(offset, i * cs) - i * cs
             hi = min(end, (i + 1) * cs) - i * cs
-            if by_block and not self._at_hand(entry.chunks[i]):
+            digest = entry.chunks[i]
+            if by_block and self._block_reads[digest] < BLOCK_READS_PER_CHUNK and not self._at_hand(digest):
+                self._block_reads[digest] += 1
                 parts.append(await self._read_blocks(entry, i * cs + lo, hi - lo))
                 continue
             parts.append(await self._read_chunk(entry, i, lo, hi - lo, view and first == last, urgent))

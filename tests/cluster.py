@@ -44,7 +44,7 @@ class SeaweedCluster:
 
 def _spawn(workdir: Path, name: str, args: list[str]) -> subprocess.Popen:
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([weed_binary(), *args], stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([weed_binary(), f"-logdir={workdir}", *args], stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     return proc

@@ -162,7 +162,8 @@ def start_seaweedfs(workdir: Path, timeout: float = 60.0) -> S3Server:
         "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc",
         "s3", "s3_grpc", "metrics")}
     cmd = [
-        weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        # -logdir: its log files (one set per start) would otherwise pile up in TMPDIR.
+        weed_binary(), f"-logdir={workdir}", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
         f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",

@@ -59,6 +59,27 @@ def test_random_reads_fetch_single_blocks(artifact: Artifact, tmp_path: Path) ->
     assert fetch["bytes"] <= 2 * len(blocks) * BLOCK
 
 
+def test_a_chunk_read_at_random_again_and_again_is_fetched_whole(artifact: Artifact, tmp_path: Path) -> None:
+    from mlfs.reader import BLOCK_READS_PER_CHUNK
+
+    manifest = _blocked_manifest(artifact, tmp_path, artifact.bucket, artifact.prefix)
+    data = (artifact.local / "odd.bin").read_bytes()
+    # Reads two blocks apart inside the third chunk: every one a jump, so a random reader's.
+    offsets = [2 * CHUNK + b * BLOCK + 100 for b in (1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14)]
+    assert len(offsets) > BLOCK_READS_PER_CHUNK and 16 * BLOCK == CHUNK
+    with mounted(manifest, tmp_path / "mnt", artifact.env, "--cache", tmp_path / "cache", "--no-policy") as mp:
+        fd = os.open(mp / "odd.bin", os.O_RDONLY)
+        try:
+            got = [os.pread(fd, 4096, o) for o in offsets]
+        finally:
+            os.close(fd)
+        fetch = json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)["fetch"]
+    assert got == [data[o:o + 4096] for o in offsets]
+    # The first reads went by block; then the chunk was fetched once, and the rest were local.
+    assert fetch["requests"] - fetch["block_requests"] == 1, fetch
+    assert 1 <= fetch["block_requests"] <= BLOCK_READS_PER_CHUNK, fetch
+
+
 @pytest.mark.expect_warnings
 def test_a_block_changed_in_s3_is_refused(artifact: Artifact, tmp_path: Path) -> None:
     client = artifact.server.client()
