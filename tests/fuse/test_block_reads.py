@@ -37,6 +37,17 @@ def test_generate_records_block_digests(artifact: Artifact, tmp_path: Path) -> N
     assert odd["chunks"] == next(f for f in plain["files"] if f["path"] == "odd.bin")["chunks"]
 
 
+def _read_at(artifact: Artifact, manifest: Path, tmp_path: Path, offsets: list[int]) -> tuple[list[bytes], dict]:
+    """4 KiB of odd.bin at each offset through a fresh mount; the mount's fetch counters."""
+    with mounted(manifest, tmp_path / "mnt", artifact.env, "--cache", tmp_path / "cache", "--no-policy") as mp:
+        fd = os.open(mp / "odd.bin", os.O_RDONLY)
+        try:
+            got = [os.pread(fd, 4096, o) for o in offsets]
+        finally:
+            os.close(fd)
+        return got, json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)["fetch"]
+
+
 def test_random_reads_fetch_single_blocks(artifact: Artifact, tmp_path: Path) -> None:
     manifest = _blocked_manifest(artifact, tmp_path, artifact.bucket, artifact.prefix)
     data = (artifact.local / "odd.bin").read_bytes()
@@ -44,13 +55,7 @@ def test_random_reads_fetch_single_blocks(artifact: Artifact, tmp_path: Path) ->
     # Jumps between the chunks after the first (a first read in the first chunk would
     # begin a scan), one of them across a block border.
     offsets = [2 * CHUNK + rng.randrange(0, CHUNK - 4096), CHUNK + 3 * BLOCK - 100, 3 * CHUNK + 100]
-    with mounted(manifest, tmp_path / "mnt", artifact.env, "--cache", tmp_path / "cache", "--no-policy") as mp:
-        fd = os.open(mp / "odd.bin", os.O_RDONLY)
-        try:
-            got = [os.pread(fd, 4096, o) for o in offsets]
-        finally:
-            os.close(fd)
-        fetch = json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)["fetch"]
+    got, fetch = _read_at(artifact, manifest, tmp_path, offsets)
     assert got == [data[o:o + 4096] for o in offsets]
     blocks = {o // BLOCK for o in offsets} | {(o + 4095) // BLOCK for o in offsets}
     # Only blocks were fetched: at least the ones read (the kernel may read a little
@@ -67,13 +72,7 @@ def test_a_chunk_read_at_random_again_and_again_is_fetched_whole(artifact: Artif
     # Reads two blocks apart inside the third chunk: every one a jump, so a random reader's.
     offsets = [2 * CHUNK + b * BLOCK + 100 for b in (1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14)]
     assert len(offsets) > BLOCK_READS_PER_CHUNK and 16 * BLOCK == CHUNK
-    with mounted(manifest, tmp_path / "mnt", artifact.env, "--cache", tmp_path / "cache", "--no-policy") as mp:
-        fd = os.open(mp / "odd.bin", os.O_RDONLY)
-        try:
-            got = [os.pread(fd, 4096, o) for o in offsets]
-        finally:
-            os.close(fd)
-        fetch = json.loads(mlfs("status", "--json", mp, env=artifact.env).stdout)["fetch"]
+    got, fetch = _read_at(artifact, manifest, tmp_path, offsets)
     assert got == [data[o:o + 4096] for o in offsets]
     # The first reads went by block; then the chunk was fetched once, and the rest were local.
     assert fetch["requests"] - fetch["block_requests"] == 1, fetch
