@@ -40,6 +40,7 @@ class SeaweedCluster:
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             stop_process(self.processes[name], 2)
+        self.s3.stop()  # already stopped: removes the unix socket it leaves behind
 
 
 def _spawn(workdir: Path, name: str, args: list[str]) -> subprocess.Popen:
@@ -76,7 +77,7 @@ def start_cluster(workdir: Path, volumes: int = 3, replication: str = "001", tim
         "s3", "-ip.bind=127.0.0.1", f"-port={s3port}", f"-port.grpc={free_port()}",
         f"-filer=127.0.0.1:{fport}.{fgrpc}", "-port.iceberg=0", "-port.lance=0"])
     server = S3Server(endpoint=f"http://127.0.0.1:{s3port}", process=procs["s3"],
-                      log_path=workdir / "s3.log", name="seaweedfs-cluster")
+                      log_path=workdir / "s3.log", name="seaweedfs-cluster", ports=(s3port,))
     cluster = SeaweedCluster(server, f"http://127.0.0.1:{mport}", procs)
     client = server.client()
     deadline = time.monotonic() + timeout
