@@ -18,7 +18,7 @@ import botocore.exceptions
 
 from mlfs.errors import FetchError, MlfsError
 from mlfs.manifest.generate import ObjectRef, build_manifest, hash_refs
-from mlfs.manifest.model import DEFAULT_CHUNK_SIZE, Source
+from mlfs.manifest.model import DEFAULT_BLOCK_SIZE, DEFAULT_CHUNK_SIZE, Source
 from mlfs.registry.client import RegistryClient
 from mlfs.registry.formats import detect
 from mlfs.registry.layout import MANIFEST_NAME, Location, is_bookkeeping, locate
@@ -94,11 +94,13 @@ def _make_manifest(s3: Any, loc: Location, files: list[dict[str, Any]]) -> str:
     from mlfs.manifest.from_gateway import fetch_gateway_manifest
 
     known = fetch_gateway_manifest(s3, loc.bucket, loc.prefix)
-    if known is not None:
-        entries = known.files
+    if known is not None:  # the gateway's recorded digests: chunks only, nothing read
+        entries, block_size = known.files, None
     else:
+        # The objects are read anyway: block digests as `generate` records them by default.
         refs = [ObjectRef(o["Key"][len(loc.prefix):], Source(bucket=loc.bucket, key=o["Key"],
                                                              etag=o.get("ETag") or None), int(o["Size"]))
                 for o in files]
-        entries = hash_refs(s3, refs, DEFAULT_CHUNK_SIZE)
-    return build_manifest(loc.name, loc.label, entries).dumps()
+        block_size = DEFAULT_BLOCK_SIZE
+        entries = hash_refs(s3, refs, DEFAULT_CHUNK_SIZE, block_size=block_size)
+    return build_manifest(loc.name, loc.label, entries, block_size=block_size).dumps()

@@ -97,6 +97,9 @@ def test_scan_registers_an_existing_bucket(seaweedfs: S3Server, registry_gateway
     assert got["v10"]["objects"] == 1  # v1 is a directory: v10's objects are not v1's
     manifest = json.loads(client.get_object(Bucket=bucket, Key="scan/models/scanned/v1/.mlfs/manifest.json")["Body"].read())
     assert sorted(f["path"] for f in manifest["files"]) == sorted(f.name for f in local.iterdir())
+    # The objects were read to hash them: block digests as generate records them.
+    shard = next(f for f in manifest["files"] if f["path"].endswith(".safetensors"))
+    assert manifest["block_size"] == 256 << 10 and len(shard["blocks"]) == -(-shard["size"] // (256 << 10))
     # Scanning again registers the same versions (same manifests), nothing new.
     again = mlfs_json("registry", "scan", f"s3://{bucket}/scan/models/", env=env)
     assert sorted(v["version"] for v in again["registered"]) == sorted(v["version"] for v in doc["registered"])
