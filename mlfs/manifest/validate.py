@@ -29,6 +29,10 @@ MAX_PATH_BYTES = 4096
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _HEX_DIGITS = str.maketrans("", "", "0123456789abcdef")
 
+_TOP_KEYS = {"schema", "name", "version", "chunk_size", "block_size", "files", "symlinks", "prefetch", "metadata"}
+_FILE_KEYS = {"path", "size", "mode", "sha256", "chunks", "blocks", "source"}
+_SOURCE_KEYS = {"bucket", "key", "etag", "url"}
+
 
 def _all_digests(values: list[Any]) -> bool:
     """Every item is 64 lowercase hex digits, checked in C loops: a 20 GB model with
@@ -36,9 +40,6 @@ def _all_digests(values: list[Any]) -> bool:
     mount's start-up."""
     return (set(map(type, values)) <= {str} and set(map(len, values)) <= {64}
             and "".join(values).translate(_HEX_DIGITS) == "")
-_TOP_KEYS = {"schema", "name", "version", "chunk_size", "block_size", "files", "symlinks", "prefetch", "metadata"}
-_FILE_KEYS = {"path", "size", "mode", "sha256", "chunks", "blocks", "source"}
-_SOURCE_KEYS = {"bucket", "key", "etag", "url"}
 
 
 def load_manifest(path: str | Path) -> Manifest:

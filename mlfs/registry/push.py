@@ -156,6 +156,7 @@ def push(plan: PushPlan, s3: Any, registry: RegistryClient, progress: Progress |
         metadata["lineage"] = {"inputs": [_lineage_input(registry, ref) for ref in plan.trained_on]}
     manifest = build_manifest(plan.name, plan.version, entries, metadata=metadata, block_size=DEFAULT_BLOCK_SIZE)
     text = manifest.dumps()
+    current = _read_small(s3, plan.bucket, manifest_key)  # again: another push may have finished meanwhile
     if current is not None and current != text.encode():
         if not _same_files(current, manifest, f"s3://{plan.bucket}/{manifest_key}"):
             raise _different_version(plan, manifest_key)
