@@ -213,6 +213,7 @@ class MountSession:
     def statistics(self) -> dict[str, Any]:
         fetch = self.fetch_statistics()
         store = dataclasses.asdict(self.store.statistics())  # counts the store's files: once
+        files = self.ops.statistics() if self.ops else {}
         doc: dict[str, Any] = {
             "pid": os.getpid(),
             "mountpoint": str(self.settings.mountpoint),
@@ -221,8 +222,8 @@ class MountSession:
             "s3": {"endpoint": self.source.endpoint, "client": self.source.kind},
             "fetch": dataclasses.asdict(fetch) if fetch else {},
             "store": store,
-            "open_files": self.ops.statistics()["open_files"] if self.ops else 0,
-            "files": self.ops.statistics() if self.ops else {},
+            "open_files": files.get("open_files", 0),
+            "files": files,
             "store_stats": store,
             "switched_at": self.switched_at,
         }

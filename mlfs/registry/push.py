@@ -122,7 +122,7 @@ def push(plan: PushPlan, s3: Any, registry: RegistryClient, progress: Progress |
     _hash_all(files, plan.workers, progress)
     manifest_key = plan.base + MANIFEST_NAME
     current = _read_small(s3, plan.bucket, manifest_key)
-    if current is not None and not _same_contents(current, files, f"s3://{plan.bucket}/{manifest_key}"):
+    if current is not None and not _same_contents(_existing(current, plan, manifest_key), files):
         # Refused before anything is uploaded: the version's objects stay as its manifest says.
         raise _different_version(plan, manifest_key)
     known = _known_copies(plan, registry)
@@ -158,7 +158,7 @@ def push(plan: PushPlan, s3: Any, registry: RegistryClient, progress: Progress |
     text = manifest.dumps()
     current = _read_small(s3, plan.bucket, manifest_key)  # again: another push may have finished meanwhile
     if current is not None and current != text.encode():
-        if not _same_files(current, manifest, f"s3://{plan.bucket}/{manifest_key}"):
+        if not _same_files(_existing(current, plan, manifest_key), manifest):
             raise _different_version(plan, manifest_key)
         text = current.decode()  # the same version pushed before block digests: it stays as it was
     if current is None:
@@ -191,21 +191,25 @@ def _different_version(plan: PushPlan, manifest_key: str) -> ConfigError:
                        f"{plan.version} of {plan.name} was pushed with other files (push a new version)")
 
 
-def _same_contents(current: bytes, files: list[LocalFileInfo], where: str) -> bool:
-    """The manifest already there lists exactly these paths with these sizes and SHA-256."""
+def _existing(current: bytes, plan: PushPlan, manifest_key: str) -> Manifest | None:
+    """The version's manifest already in S3, or None when it is not a valid one
+    (then it is different from whatever this push would write)."""
     try:
-        old = parse_manifest(current, origin=where)
+        return parse_manifest(current, origin=f"s3://{plan.bucket}/{manifest_key}")
     except ManifestError:
-        return False
-    return ({f.path: (f.size, f.sha256) for f in old.files} == {f.rel: (f.size, f.sha256) for f in files})
+        return None
 
 
-def _same_files(current: bytes, new: Manifest, where: str) -> bool:
+def _same_contents(old: Manifest | None, files: list[LocalFileInfo]) -> bool:
+    """The manifest already there lists exactly these paths with these sizes and SHA-256."""
+    return old is not None and ({f.path: (f.size, f.sha256) for f in old.files}
+                                == {f.rel: (f.size, f.sha256) for f in files})
+
+
+def _same_files(old: Manifest | None, new: Manifest) -> bool:
     """The manifest already there describes the same version as `new`, block digests
     aside (versions pushed before push recorded them have none)."""
-    try:
-        old = parse_manifest(current, origin=where)
-    except ManifestError:
+    if old is None:
         return False
 
     def without_blocks(m: Manifest) -> dict[str, Any]:
