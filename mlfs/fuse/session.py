@@ -224,7 +224,6 @@ class MountSession:
             "store": store,
             "open_files": files.get("open_files", 0),
             "files": files,
-            "store_stats": store,
             "switched_at": self.switched_at,
         }
         if self.policy is not None:

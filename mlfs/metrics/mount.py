@@ -21,7 +21,7 @@ class MountCollector(Collector):
     def collect(self) -> Iterator[Any]:
         doc = self._statistics()
         fetch = doc.get("fetch") or {}
-        store = doc.get("store_stats") or {}
+        store = doc.get("store") or {}
         files = doc.get("files") or {}
         manifest = doc.get("manifest") or {}
 
