@@ -13,14 +13,25 @@ the store reads the logs it needs and then only what was appended since; a recor
 short (a full disk) is skipped and cannot damage the records after it. A lookup whose
 chunks are gone (evicted from a mount cache, or freed by the gateway) is a miss, and
 a drop record is appended. `clear` removes the logs.
+
+A log is compacted when it holds more than twice the records it needs (drops, and
+results recorded twice), or when its entries have doubled since it was last compacted
+(results whose chunks were evicted are never looked up, so never dropped): the live
+entries whose chunks are still in the store are written to a new file that replaces
+the log. Appenders hold a shared `flock` (on a lock file beside the log, never
+replaced) from opening the log to their write, the compactor an exclusive one from its
+read to the rename: no record is lost to a compaction. A process that read the old
+file notices the new inode and reads the new one from its start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -30,11 +41,16 @@ from pathlib import Path
 
 from mlfs.store.chunks import ChunkStore
 
+logger = logging.getLogger(__name__)
+
 RESULT_CHUNK = 16 << 20
 INDEX_DIR = "preprocess/results"
 LOG_NAMES = "0123456789abcdef"
 # Written by a gateway's preprocessing service into its store: proof of a shared filesystem.
 TOKEN_FILE = "preprocess/gateway-token"
+# A log shorter than this many records is never compacted: rewriting it would cost more
+# than reading it.
+COMPACT_MIN_RECORDS = 4096
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,9 @@ class _Log:
     inode: int = -1  # no file read yet
     offset: int = 0
     entries: dict[str, CachedResult] = field(default_factory=dict)
+    records: int = 0  # records read from the file's start, drops and repeats included
+    compacted: int = 0  # entries the file held when it was last compacted (or first read)
+    broken: bool = False  # compacting it failed once (a read-only store): not tried again
 
 
 class ResultCache:
@@ -71,26 +90,83 @@ class ResultCache:
         with self._lock:
             log = self._logs.setdefault(name, _Log())
             try:
-                st = os.stat(path)
+                f = open(path, "rb")  # noqa: SIM115  # the file's identity and its bytes, from one open
             except FileNotFoundError:
                 log.inode, log.offset, log.entries = -1, 0, {}
                 return log.entries
-            if st.st_ino != log.inode or st.st_size < log.offset:
-                log.inode, log.offset, log.entries = st.st_ino, 0, {}  # new, or cleared and rewritten
-            if st.st_size > log.offset:
-                with open(path, "rb") as f:
+            with f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != log.inode or st.st_size < log.offset:
+                    # New, cleared and rewritten, or compacted by another process.
+                    log.inode, log.offset, log.entries, log.records = st.st_ino, 0, {}, 0
+                    log.compacted = -1
+                if st.st_size > log.offset:
                     f.seek(log.offset)
                     data = f.read(st.st_size - log.offset)
-                complete = data.rfind(b"\n") + 1  # a record still being written waits
-                for line in data[:complete].split(b"\n"):
-                    self._apply(log.entries, line)
-                log.offset += complete
+                    complete = data.rfind(b"\n") + 1  # a record still being written waits
+                    log.records += sum(self._apply(log.entries, line) for line in data[:complete].split(b"\n"))
+                    log.offset += complete
+            if log.compacted < 0:
+                log.compacted = len(log.entries)
+            if self._wants_compaction(log):
+                self._compact(name, log)
             return log.entries
 
     @staticmethod
-    def _apply(entries: dict[str, CachedResult], line: bytes) -> None:
+    def _wants_compaction(log: _Log) -> bool:
+        if log.broken or log.records < COMPACT_MIN_RECORDS:
+            return False
+        return log.records > 2 * len(log.entries) or len(log.entries) > 2 * max(log.compacted, 1)
+
+    def _compact(self, name: str, log: _Log) -> None:
+        """Rewrite one log with only its live entries whose chunks are all in the store
+        (called with `self._lock` held)."""
+        path = self._log_path(name)
+        tmp = self.index / f".{name}.log.{os.getpid()}.compact"
+        try:
+            with self._log_lock(name, fcntl.LOCK_EX):  # appenders wait until the new file is in place
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_ino != log.inode:
+                        return  # compacted by another process since this one read it
+                    data = f.read()
+                entries: dict[str, CachedResult] = {}
+                complete = data.rfind(b"\n") + 1
+                for line in data[:complete].split(b"\n"):
+                    self._apply(entries, line)
+                kept = {k: e for k, e in entries.items() if all(self.store.contains(d) for d in e.chunks)}
+                body = b"".join(_record(k, _fields(e)) for k, e in kept.items())
+                with open(tmp, "wb") as out:
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+                log.inode, log.offset, log.entries = os.stat(path).st_ino, len(body), kept
+                log.records = log.compacted = len(kept)
+        except FileNotFoundError:
+            return  # cleared meanwhile
+        except OSError as exc:
+            log.broken = True  # said once: this process does not try this log again
+            logger.warning("cannot compact the result log %s: %s; it keeps growing", path, exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    @contextlib.contextmanager
+    def _log_lock(self, name: str, how: int) -> Iterator[None]:
+        """`flock` on the log's lock file: shared to append, exclusive to compact. The lock
+        file is never replaced or removed, so every process locks the same inode whatever
+        happened to the log itself."""
+        fd = os.open(self.index / f"{name}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _apply(entries: dict[str, CachedResult], line: bytes) -> bool:
+        """Apply one record; False for a blank line or one that is not a record."""
         if not line.strip():
-            return
+            return False
         try:
             doc = json.loads(line)
             key = doc["key"]
@@ -99,17 +175,18 @@ class ResultCache:
             else:
                 entries[key] = CachedResult(key, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
         except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # a record cut short, or not ours: skipped
+            return False  # a record cut short, or not ours: skipped
+        return True
 
     def _append(self, key: str, doc: dict[str, object]) -> None:
-        # Leading and trailing newlines: a record cut short before this one ends on its own line.
-        record = b"\n" + json.dumps({"key": key, **doc}, separators=(",", ":")).encode() + b"\n"
-        fd = os.open(self._log_path(key[0]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            if os.write(fd, record) != len(record):
-                raise OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
-        finally:
-            os.close(fd)
+        record = _record(key, doc)
+        with self._log_lock(key[0], fcntl.LOCK_SH):  # no compaction between the open and the write
+            fd = os.open(self._log_path(key[0]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                if os.write(fd, record) != len(record):
+                    raise OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
+            finally:
+                os.close(fd)
 
     def has(self, key: str) -> bool:
         """Cheap: an entry exists (its chunks are checked by `lookup`)."""
@@ -160,7 +237,7 @@ class ResultCache:
         # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
         whole = sha256 or (chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest())
         entry = CachedResult(key, len(view), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
-        self._append(key, {"size": entry.size, "sha256": entry.sha256, "md5": entry.md5, "chunks": list(chunks)})
+        self._append(key, _fields(entry))
         return entry
 
     def _put_chunk(self, piece: memoryview, aligned: bool, digest: str | None = None) -> str:
@@ -194,10 +271,13 @@ class ResultCache:
             for entry in entries:
                 (free or self._discard)(list(entry.chunks))
                 removed += 1
-        # Entries of the earlier layout (a JSON file per result) are forgotten too.
+        # Entries of the earlier layout (a JSON file per result) are forgotten too, and
+        # what a compaction cut short by a crash left.
         for sub in self.index.iterdir():
             if sub.is_dir() and len(sub.name) == 2:
                 shutil.rmtree(sub, ignore_errors=True)
+            elif sub.name.endswith(".compact"):
+                sub.unlink(missing_ok=True)
         return removed
 
     def _discard(self, digests: list[str]) -> None:
@@ -211,3 +291,12 @@ class ResultCache:
                 log.entries.pop(key, None)
         with contextlib.suppress(OSError):
             self._append(key, {"drop": True})
+
+
+def _record(key: str, doc: dict[str, object]) -> bytes:
+    # Leading and trailing newlines: a record cut short before this one ends on its own line.
+    return b"\n" + json.dumps({"key": key, **doc}, separators=(",", ":")).encode() + b"\n"
+
+
+def _fields(entry: CachedResult) -> dict[str, object]:
+    return {"size": entry.size, "sha256": entry.sha256, "md5": entry.md5, "chunks": list(entry.chunks)}

@@ -136,3 +136,76 @@ def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(
     third = run()
     assert (third.cached, third.decoded, third.written) == (4, 0, 1), "only the changed output is written again"
     assert (dest / "2.webp").read_bytes() == original, "the changed output must hold the result again"
+
+
+def _log_records(root: Path, name: str) -> int:
+    return sum(1 for line in (root / "preprocess" / "results" / f"{name}.log").read_bytes().split(b"\n") if line.strip())
+
+
+def test_a_log_full_of_drops_is_compacted_to_its_live_entries(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlfs.preprocess.cache.COMPACT_MIN_RECORDS", 20)
+    store = ChunkStore(tmp_path)
+    writer, other = ResultCache(store), ResultCache(ChunkStore(tmp_path))
+    keys = [f"c{i:063x}" for i in range(12)]
+    entries = {k: writer.put(k, f"result {k}".encode()) for k in keys}
+    assert other.describe(keys[0]) == entries[keys[0]]  # `other` has read the log as it was
+    for k in keys[:9]:
+        writer._drop(k)  # 12 puts + 9 drops: 21 records for 3 live entries
+    assert writer.describe(keys[-1]) == entries[keys[-1]]  # this read compacts
+    assert _log_records(tmp_path, "c") == 3, "the compacted log must hold exactly the live entries"
+    assert [other.describe(k) for k in keys] == [None] * 9 + [entries[k] for k in keys[9:]], \
+        "a process that read the old log must see the compacted one"
+    later = writer.put(f"c{99:063x}", b"after")
+    assert other.lookup(later.key) == later, "a record appended after the compaction must be found"
+
+
+def test_compaction_forgets_entries_whose_chunks_were_evicted(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlfs.preprocess.cache.COMPACT_MIN_RECORDS", 20)
+    store = ChunkStore(tmp_path)
+    cache = ResultCache(store)
+    first = cache.put(f"d{0:063x}", b"evicted later")
+    assert cache.describe(first.key) == first  # the log is read with one entry
+    store.discard(first.chunks[0])  # as eviction does: no drop record is written
+    kept = [cache.put(f"d{i:063x}", f"kept {i}".encode()) for i in range(1, 25)]
+    assert cache.describe(first.key) is None, "compaction must forget an entry whose chunk is gone"
+    assert _log_records(tmp_path, "d") == 24
+    assert [ResultCache(ChunkStore(tmp_path)).lookup(e.key) for e in kept] == kept
+
+
+def _append_many(root: str, prefix: str, count: int) -> None:
+    cache = ResultCache(ChunkStore(root))
+    for i in range(count):
+        cache.put(f"e{prefix}{i:062x}", f"{prefix} {i}".encode())
+
+
+def test_no_record_is_lost_to_compactions_racing_appenders(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import multiprocessing
+    import time
+
+    monkeypatch.setattr("mlfs.preprocess.cache.COMPACT_MIN_RECORDS", 8)
+    compactor = ResultCache(ChunkStore(tmp_path))
+    doomed = [compactor.put(f"e{i:063x}", b"dropped") for i in range(200)]
+    for entry in doomed:
+        compactor._drop(entry.key)  # every read below finds dead records to compact away
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_append_many, args=(str(tmp_path), p, 300)) for p in "ab"]
+    for w in writers:
+        w.start()
+    compactions = 0
+    deadline = time.monotonic() + 60
+    while any(w.is_alive() for w in writers) and time.monotonic() < deadline:
+        inode = (tmp_path / "preprocess" / "results" / "e.log").stat().st_ino
+        for entry in doomed[:50]:
+            compactor._drop(entry.key)  # keeps giving the log dead records
+        compactor.describe("e" * 64)
+        compactions += (tmp_path / "preprocess" / "results" / "e.log").stat().st_ino != inode
+    for w in writers:
+        w.join(10)
+        assert w.exitcode == 0
+    assert compactions >= 3, f"the log must have been compacted while the writers appended ({compactions})"
+    fresh = ResultCache(ChunkStore(tmp_path))
+    missing = [f"{p}{i}" for p in "ab" for i in range(300) if fresh.describe(f"e{p}{i:062x}") is None]
+    assert missing == [], f"records lost to a compaction: {missing[:10]}"
