@@ -14,14 +14,20 @@ short (a full disk) is skipped and cannot damage the records after it. A lookup 
 chunks are gone (evicted from a mount cache, or freed by the gateway) is a miss, and
 a drop record is appended. `clear` removes the logs.
 
-A log is compacted when it holds more than twice the records it needs (drops, and
-results recorded twice), or when its entries have doubled since it was last compacted
-(results whose chunks were evicted are never looked up, so never dropped): the live
-entries whose chunks are still in the store are written to a new file that replaces
-the log. Appenders hold a shared `flock` (on a lock file beside the log, never
-replaced) from opening the log to their write, the compactor an exclusive one from its
-read to the rename: no record is lost to a compaction. A process that read the old
-file notices the new inode and reads the new one from its start.
+Each log file starts with a line naming its generation (random), written by whoever
+creates the file; a process that has read a log checks that line before reading on, so
+a log replaced by one that happens to get the same inode number is never read from the
+old offset.
+
+A log that has at least `COMPACT_MIN_RECORDS` records, more than half of them dead
+(drops, and results recorded again), is compacted: its live entries are written to a
+new file of a new generation that replaces it. Entries whose chunks were evicted stay:
+the runner still uses them to recognise outputs already in place. Appenders hold a
+shared `flock` (on a lock file beside the log, never replaced or removed) from opening
+the log to their write; the compactor and `clear` hold an exclusive one from their read
+to the rename or removal, so no record is lost to a compaction and a clear is never
+undone by one. (On NFS, Linux emulates `flock` with byte-range locks, which do not
+give these guarantees between the threads of one process.)
 """
 
 from __future__ import annotations
@@ -68,9 +74,9 @@ class _Log:
     inode: int = -1  # no file read yet
     offset: int = 0
     entries: dict[str, CachedResult] = field(default_factory=dict)
+    generation: bytes = b""  # the file's first line, as read at offset 0
     records: int = 0  # records read from the file's start, drops and repeats included
-    compacted: int = 0  # entries the file held when it was last compacted (or first read)
-    broken: bool = False  # compacting it failed once (a read-only store): not tried again
+    retry_at: int = 0  # a compaction failed: not tried again before this many records
 
 
 class ResultCache:
@@ -78,8 +84,9 @@ class ResultCache:
         self.store = store
         self.index = store.root / INDEX_DIR
         self.index.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # taken before a log's exclusive flock, never after
         self._logs: dict[str, _Log] = {}
+        self._warned = False
 
     def _log_path(self, name: str) -> Path:
         return self.index / f"{name}.log"
@@ -92,61 +99,58 @@ class ResultCache:
             try:
                 f = open(path, "rb")  # noqa: SIM115  # the file's identity and its bytes, from one open
             except FileNotFoundError:
-                log.inode, log.offset, log.entries = -1, 0, {}
+                self._logs[name] = log = _Log()
                 return log.entries
             with f:
                 st = os.fstat(f.fileno())
-                if st.st_ino != log.inode or st.st_size < log.offset:
+                if st.st_ino != log.inode or st.st_size < log.offset or not _same_generation(f.fileno(), log):
                     # New, cleared and rewritten, or compacted by another process.
-                    log.inode, log.offset, log.entries, log.records = st.st_ino, 0, {}, 0
-                    log.compacted = -1
+                    self._logs[name] = log = _Log(inode=st.st_ino)
                 if st.st_size > log.offset:
                     f.seek(log.offset)
                     data = f.read(st.st_size - log.offset)
                     complete = data.rfind(b"\n") + 1  # a record still being written waits
-                    log.records += sum(self._apply(log.entries, line) for line in data[:complete].split(b"\n"))
+                    if log.offset == 0:
+                        log.generation = _generation(data[:complete])
+                    log.records += _apply_all(log.entries, data[:complete])
                     log.offset += complete
-            if log.compacted < 0:
-                log.compacted = len(log.entries)
-            if self._wants_compaction(log):
+            if log.records >= max(COMPACT_MIN_RECORDS, log.retry_at) and log.records > 2 * len(log.entries):
                 self._compact(name, log)
-            return log.entries
-
-    @staticmethod
-    def _wants_compaction(log: _Log) -> bool:
-        if log.broken or log.records < COMPACT_MIN_RECORDS:
-            return False
-        return log.records > 2 * len(log.entries) or len(log.entries) > 2 * max(log.compacted, 1)
+            return self._logs[name].entries
 
     def _compact(self, name: str, log: _Log) -> None:
-        """Rewrite one log with only its live entries whose chunks are all in the store
-        (called with `self._lock` held)."""
+        """Replace one log by a new generation holding only its live entries (called with
+        `self._lock` held)."""
+        if not os.access(self.index, os.W_OK):
+            log.retry_at = 2 * log.records  # a store this process may only read
+            return
         path = self._log_path(name)
         tmp = self.index / f".{name}.log.{os.getpid()}.compact"
         try:
             with self._log_lock(name, fcntl.LOCK_EX):  # appenders wait until the new file is in place
                 with open(path, "rb") as f:
-                    if os.fstat(f.fileno()).st_ino != log.inode:
-                        return  # compacted by another process since this one read it
                     data = f.read()
+                    if os.fstat(f.fileno()).st_ino != log.inode or _generation(data) != log.generation:
+                        return  # compacted (or cleared) by another process since this one read it
                 entries: dict[str, CachedResult] = {}
-                complete = data.rfind(b"\n") + 1
-                for line in data[:complete].split(b"\n"):
-                    self._apply(entries, line)
-                kept = {k: e for k, e in entries.items() if all(self.store.contains(d) for d in e.chunks)}
-                body = b"".join(_record(k, _fields(e)) for k, e in kept.items())
+                _apply_all(entries, data[:data.rfind(b"\n") + 1])
+                generation = _new_generation()
+                body = generation + b"".join(_record(k, _fields(e)) for k, e in entries.items())
                 with open(tmp, "wb") as out:
                     out.write(body)
                     out.flush()
                     os.fsync(out.fileno())
                 os.replace(tmp, path)
-                log.inode, log.offset, log.entries = os.stat(path).st_ino, len(body), kept
-                log.records = log.compacted = len(kept)
+                self._logs[name] = _Log(inode=os.stat(path).st_ino, offset=len(body), entries=entries,
+                                        generation=generation, records=len(entries))
         except FileNotFoundError:
             return  # cleared meanwhile
         except OSError as exc:
-            log.broken = True  # said once: this process does not try this log again
-            logger.warning("cannot compact the result log %s: %s; it keeps growing", path, exc.strerror or exc)
+            log.retry_at = 2 * log.records  # tried again once the log has doubled
+            if not self._warned:
+                self._warned = True
+                logger.warning("cannot compact the result log %s: %s; it keeps growing for now",
+                               path, exc.strerror or exc)
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
@@ -180,13 +184,30 @@ class ResultCache:
 
     def _append(self, key: str, doc: dict[str, object]) -> None:
         record = _record(key, doc)
-        with self._log_lock(key[0], fcntl.LOCK_SH):  # no compaction between the open and the write
-            fd = os.open(self._log_path(key[0]), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        path = self._log_path(key[0])
+        with self._log_lock(key[0], fcntl.LOCK_SH):  # no compaction or clear between the open and the write
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self._create_log(path)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             try:
                 if os.write(fd, record) != len(record):
                     raise OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
             finally:
                 os.close(fd)
+
+    def _create_log(self, path: Path) -> None:
+        """A new log file whose first line is its generation: written aside, then linked
+        into place, so that no record can come before that line; a log another appender
+        created meanwhile is kept."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+        try:
+            tmp.write_bytes(_new_generation())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def has(self, key: str) -> bool:
         """Cheap: an entry exists (its chunks are checked by `lookup`)."""
@@ -265,19 +286,26 @@ class ResultCache:
         """Forget every result; `free` (default: discard) gets the chunks to release."""
         removed = 0
         for name in LOG_NAMES:
-            entries = list(self._read_log(name).values())
-            with contextlib.suppress(FileNotFoundError):
-                self._log_path(name).unlink()
-            for entry in entries:
+            entries: dict[str, CachedResult] = {}
+            # Exclusive: a compaction cannot put back the log this removes, nor an
+            # appender write into it after it was read.
+            with self._lock, self._log_lock(name, fcntl.LOCK_EX):
+                with contextlib.suppress(FileNotFoundError):
+                    data = self._log_path(name).read_bytes()
+                    _apply_all(entries, data[:data.rfind(b"\n") + 1])
+                    self._log_path(name).unlink()
+                self._logs.pop(name, None)
+                # What a compaction or a log creation cut short by a crash left: made only
+                # under this log's lock, so none is in use now.
+                for leftover in self.index.glob(f".{name}.log.*"):
+                    leftover.unlink(missing_ok=True)
+            for entry in entries.values():
                 (free or self._discard)(list(entry.chunks))
                 removed += 1
-        # Entries of the earlier layout (a JSON file per result) are forgotten too, and
-        # what a compaction cut short by a crash left.
+        # Entries of the earlier layout (a JSON file per result) are forgotten too.
         for sub in self.index.iterdir():
             if sub.is_dir() and len(sub.name) == 2:
                 shutil.rmtree(sub, ignore_errors=True)
-            elif sub.name.endswith(".compact"):
-                sub.unlink(missing_ok=True)
         return removed
 
     def _discard(self, digests: list[str]) -> None:
@@ -300,3 +328,31 @@ def _record(key: str, doc: dict[str, object]) -> bytes:
 
 def _fields(entry: CachedResult) -> dict[str, object]:
     return {"size": entry.size, "sha256": entry.sha256, "md5": entry.md5, "chunks": list(entry.chunks)}
+
+
+def _apply_all(entries: dict[str, CachedResult], data: bytes) -> int:
+    """Apply every complete record of `data`; how many records it held."""
+    return sum(ResultCache._apply(entries, line) for line in data.split(b"\n"))
+
+
+_GENERATION_PREFIX = b'{"log":"'
+
+
+def _new_generation() -> bytes:
+    return _GENERATION_PREFIX + os.urandom(16).hex().encode() + b'"}\n'
+
+
+def _same_generation(fd: int, log: _Log) -> bool:
+    """The open log is still the generation `log` was read from. A log written before
+    logs had a generation line never gains one, so such a reader sees a new file by its
+    line appearing."""
+    if log.generation:
+        return os.pread(fd, len(log.generation), 0) == log.generation
+    return log.offset == 0 or os.pread(fd, len(_GENERATION_PREFIX), 0) != _GENERATION_PREFIX
+
+
+def _generation(data: bytes) -> bytes:
+    """A log's generation line, from its first bytes (b"" for a log written before
+    logs had one)."""
+    end = data.find(b"\n") + 1
+    return data[:end] if end and data.startswith(_GENERATION_PREFIX) else b""

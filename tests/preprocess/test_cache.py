@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 from pathlib import Path
 
@@ -139,7 +140,9 @@ def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(
 
 
 def _log_records(root: Path, name: str) -> int:
-    return sum(1 for line in (root / "preprocess" / "results" / f"{name}.log").read_bytes().split(b"\n") if line.strip())
+    """Result and drop records in one log (its first line names its generation)."""
+    lines = (root / "preprocess" / "results" / f"{name}.log").read_bytes().split(b"\n")
+    return sum(1 for line in lines if line.startswith(b'{"key":'))
 
 
 def test_a_log_full_of_drops_is_compacted_to_its_live_entries(tmp_path: Path,
@@ -158,20 +161,131 @@ def test_a_log_full_of_drops_is_compacted_to_its_live_entries(tmp_path: Path,
         "a process that read the old log must see the compacted one"
     later = writer.put(f"c{99:063x}", b"after")
     assert other.lookup(later.key) == later, "a record appended after the compaction must be found"
+    assert writer.lookup(later.key) == later, "the compacting process must read on after its own compaction"
 
 
-def test_compaction_forgets_entries_whose_chunks_were_evicted(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compaction_keeps_entries_whose_chunks_were_evicted(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runner describes such an entry to recognise an output already in place.
     monkeypatch.setattr("mlfs.preprocess.cache.COMPACT_MIN_RECORDS", 20)
     store = ChunkStore(tmp_path)
     cache = ResultCache(store)
-    first = cache.put(f"d{0:063x}", b"evicted later")
-    assert cache.describe(first.key) == first  # the log is read with one entry
-    store.discard(first.chunks[0])  # as eviction does: no drop record is written
-    kept = [cache.put(f"d{i:063x}", f"kept {i}".encode()) for i in range(1, 25)]
-    assert cache.describe(first.key) is None, "compaction must forget an entry whose chunk is gone"
-    assert _log_records(tmp_path, "d") == 24
-    assert [ResultCache(ChunkStore(tmp_path)).lookup(e.key) for e in kept] == kept
+    evicted = cache.put(f"d{0:063x}", b"evicted later")
+    store.discard(evicted.chunks[0])  # as eviction does: no drop record is written
+    doomed = [cache.put(f"d{i:063x}", b"dropped") for i in range(1, 30)]
+    for entry in doomed:
+        cache._drop(entry.key)
+    assert cache.describe(evicted.key) == evicted, "compaction must keep an entry whose chunk was evicted"
+    assert _log_records(tmp_path, "d") == 1
+    assert ResultCache(ChunkStore(tmp_path)).lookup(evicted.key) is None, "its lookup must still be a miss"
+
+
+def _two_compactions(writer: ResultCache, first: list) -> list:
+    """Drop most of `first`, compact, add 100 entries, drop 60 of them, compact again; the
+    entries left. The second batch stores no new chunk file, so on ext4 the second new
+    log gets the inode number the first log had."""
+    for entry in first[5:]:
+        writer._drop(entry.key)
+    writer.describe(first[0].key)  # compaction 1
+    second = [writer.put(f"f{i:063x}", b"first") for i in range(100, 200)]
+    for entry in second[:60]:
+        writer._drop(entry.key)
+    writer.describe(first[0].key)  # compaction 2: a longer file than the one the reader read
+    return first[:5] + second[60:]
+
+
+def _reader_sees_exactly(reader: ResultCache, root: Path, every: list, live: list) -> None:
+    # Whatever the file system did, the reader is made to find the inode number it read:
+    # only the log's generation line can tell it the file is another one.
+    reader._logs["f"].inode = (root / "preprocess" / "results" / "f.log").stat().st_ino
+    assert [reader.describe(e.key) for e in every] == [e if e in live else None for e in every], \
+        "a reader of the replaced log must read the new one from its start"
+
+
+def test_a_reader_two_compactions_behind_reads_the_new_log_from_its_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlfs.preprocess.cache.COMPACT_MIN_RECORDS", 20)
+    writer, reader = ResultCache(ChunkStore(tmp_path)), ResultCache(ChunkStore(tmp_path))
+    first = [writer.put(f"f{i:063x}", b"first") for i in range(30)]
+    assert reader.describe(first[0].key) == first[0]  # the reader has read 30 records
+    live = _two_compactions(writer, first)
+    assert _log_records(tmp_path, "f") == 45
+    _reader_sees_exactly(reader, tmp_path, first + [e for e in live if e not in first], live)
+
+
+def test_a_reader_of_a_log_without_generation_line_notices_its_replacement(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlfs.preprocess.cache.COMPACT_MIN_RECORDS", 20)
+    writer = ResultCache(ChunkStore(tmp_path))
+    first = [writer.put(f"f{i:063x}", b"first") for i in range(30)]
+    log = tmp_path / "preprocess" / "results" / "f.log"
+    log.write_bytes(log.read_bytes().split(b"\n", 1)[1])  # as logs were written before generation lines
+    reader = ResultCache(ChunkStore(tmp_path))
+    assert reader.describe(first[0].key) == first[0]
+    live = _two_compactions(writer, first)
+    _reader_sees_exactly(reader, tmp_path, first + [e for e in live if e not in first], live)
+
+
+def test_a_clear_is_not_undone_by_a_compaction_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from mlfs.preprocess import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "COMPACT_MIN_RECORDS", 20)
+    compactor, clearer = ResultCache(ChunkStore(tmp_path)), ResultCache(ChunkStore(tmp_path))
+    entries = [compactor.put(f"a{i:063x}", b"kept") for i in range(30)]
+    for entry in entries[10:]:
+        compactor._drop(entry.key)
+    real_generation = cache_module._new_generation
+    clearing = threading.Thread(target=clearer.clear)
+
+    def generation_while_clearing() -> bytes:
+        # Called by the compaction once it has read the log, before it writes the new one.
+        clearing.start()  # a clear from another cache
+        time.sleep(0.3)
+        return real_generation()
+
+    monkeypatch.setattr(cache_module, "_new_generation", generation_while_clearing)
+    compactor.describe(entries[0].key)  # compacts
+    clearing.join(10)
+    assert not clearing.is_alive()
+    fresh = ResultCache(ChunkStore(tmp_path))
+    assert [fresh.describe(e.key) for e in entries[:10]] == [None] * 10, "cleared entries came back"
+
+
+@pytest.mark.expect_warnings
+def test_a_failed_compaction_is_said_once_and_tried_again_when_the_log_has_doubled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from mlfs.preprocess import cache as cache_module
+
+    monkeypatch.setattr(cache_module, "COMPACT_MIN_RECORDS", 20)
+    cache = ResultCache(ChunkStore(tmp_path))
+    entries = [cache.put(f"b{i:063x}", b"kept") for i in range(30)]
+    for entry in entries[5:]:
+        cache._drop(entry.key)
+
+    tries = []
+
+    def full(fd: int) -> None:
+        tries.append(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module.os, "fsync", full)
+    for _ in range(3):
+        assert cache.describe(entries[0].key) == entries[0]
+    warnings = [r for r in caplog.records if "cannot compact" in r.getMessage()]
+    assert len(warnings) == 1, "a failing compaction must be said once"
+    assert len(tries) == 1, "a failed compaction must not be tried again before the log doubles"
+    assert _log_records(tmp_path, "b") == 55 and not list((tmp_path / "preprocess" / "results").glob(".*")), \
+        "a failed compaction must leave the log and nothing else"
+    monkeypatch.undo()
+    monkeypatch.setattr(cache_module, "COMPACT_MIN_RECORDS", 20)
+    more = [cache.put(f"b{i:063x}", b"kept") for i in range(100, 160)]
+    for entry in more[20:]:
+        cache._drop(entry.key)
+    assert cache.describe(more[0].key) == more[0]  # 155 records, past twice the 55 it failed at
+    assert _log_records(tmp_path, "b") == 25, "the compaction must be tried again once the log doubled"
 
 
 def _append_many(root: str, prefix: str, count: int) -> None:
