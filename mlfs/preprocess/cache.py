@@ -109,11 +109,10 @@ class ResultCache:
                 if st.st_size > log.offset:
                     f.seek(log.offset)
                     data = f.read(st.st_size - log.offset)
-                    complete = data.rfind(b"\n") + 1  # a record still being written waits
                     if log.offset == 0:
-                        log.generation = _generation(data[:complete])
-                    log.records += _apply_all(log.entries, data[:complete])
-                    log.offset += complete
+                        log.generation = _generation(data)
+                    log.records += _apply_all(log.entries, data)
+                    log.offset += data.rfind(b"\n") + 1  # a record still being written waits
             if log.records >= max(COMPACT_MIN_RECORDS, log.retry_at) and log.records > 2 * len(log.entries):
                 self._compact(name, log)
             return self._logs[name].entries
@@ -133,7 +132,7 @@ class ResultCache:
                     if os.fstat(f.fileno()).st_ino != log.inode or _generation(data) != log.generation:
                         return  # compacted (or cleared) by another process since this one read it
                 entries: dict[str, CachedResult] = {}
-                _apply_all(entries, data[:data.rfind(b"\n") + 1])
+                _apply_all(entries, data)
                 generation = _new_generation()
                 body = generation + b"".join(_record(k, _fields(e)) for k, e in entries.items())
                 with open(tmp, "wb") as out:
@@ -165,22 +164,6 @@ class ResultCache:
             yield
         finally:
             os.close(fd)  # releases the lock
-
-    @staticmethod
-    def _apply(entries: dict[str, CachedResult], line: bytes) -> bool:
-        """Apply one record; False for a blank line or one that is not a record."""
-        if not line.strip():
-            return False
-        try:
-            doc = json.loads(line)
-            key = doc["key"]
-            if doc.get("drop"):
-                entries.pop(key, None)
-            else:
-                entries[key] = CachedResult(key, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return False  # a record cut short, or not ours: skipped
-        return True
 
     def _append(self, key: str, doc: dict[str, object]) -> None:
         record = _record(key, doc)
@@ -292,7 +275,7 @@ class ResultCache:
             with self._lock, self._log_lock(name, fcntl.LOCK_EX):
                 with contextlib.suppress(FileNotFoundError):
                     data = self._log_path(name).read_bytes()
-                    _apply_all(entries, data[:data.rfind(b"\n") + 1])
+                    _apply_all(entries, data)
                     self._log_path(name).unlink()
                 self._logs.pop(name, None)
                 # What a compaction or a log creation cut short by a crash left: made only
@@ -330,9 +313,27 @@ def _fields(entry: CachedResult) -> dict[str, object]:
     return {"size": entry.size, "sha256": entry.sha256, "md5": entry.md5, "chunks": list(entry.chunks)}
 
 
+def _apply_record(entries: dict[str, CachedResult], line: bytes) -> bool:
+    """Apply one record; False for a blank line or one that is not a record."""
+    if not line.strip():
+        return False
+    try:
+        doc = json.loads(line)
+        key = doc["key"]
+        if doc.get("drop"):
+            entries.pop(key, None)
+        else:
+            entries[key] = CachedResult(key, int(doc["size"]), doc["sha256"], doc["md5"], tuple(doc["chunks"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False  # a record cut short, or not ours: skipped
+    return True
+
+
 def _apply_all(entries: dict[str, CachedResult], data: bytes) -> int:
-    """Apply every complete record of `data`; how many records it held."""
-    return sum(ResultCache._apply(entries, line) for line in data.split(b"\n"))
+    """Apply every complete record of `data` (a line still being written waits); how
+    many records it held."""
+    complete = data[:data.rfind(b"\n") + 1]
+    return sum(_apply_record(entries, line) for line in complete.split(b"\n"))
 
 
 _GENERATION_PREFIX = b'{"log":"'
