@@ -15,7 +15,7 @@ from typing import Any
 
 from mlfs.preprocess.templates import IMAGENET_MEAN, IMAGENET_STD
 
-VERSIONS = {"decode": 1, "resize": 1, "center_crop": 1, "crop": 1, "grayscale": 1, "augment": 1,
+VERSIONS = {"decode": 1, "resize": 2, "center_crop": 1, "crop": 1, "grayscale": 1, "augment": 1,
             "normalize": 1, "to_layout": 1, "encode": 1, "arrays": 1}
 IMAGE_ONLY = {"resize", "center_crop", "crop", "grayscale", "augment"}
 FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")

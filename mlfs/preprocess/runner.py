@@ -249,7 +249,11 @@ class Run:
         self._count("decoded")
         # The worker caches the result and writes a local output itself.
         local = self.output.path_of(out) if isinstance(self.output, LocalOutput) and not self._shards else None
-        return Job(self._sample_json, data, digest, key, str(self.cache.store.root), self.cache.store.budget,
+        # A local input is read again by the worker (from the page cache) instead of
+        # travelling through its pipe.
+        path = str(self.source.root / item.rel) if isinstance(self.source, LocalInput) else None
+        return Job(self._sample_json, None if path else data, path, digest, key, str(self.cache.store.root),
+                   self.cache.store.budget,
                    want_md5=isinstance(self.output, S3Output), out_path=None if local is None else str(local),
                    return_bytes=isinstance(self.output, S3Output) and not self._shards)
 

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,12 +38,18 @@ class ImageFailure(Exception):
 
 def process(sample_json: str, data: bytes, input_sha256: str) -> bytes:
     """Run the per-image pipeline (canonical JSON) on one input; the result's bytes."""
-    doc = _parsed(sample_json)
-    rng = np.random.default_rng(per_image_seed(doc["seed"], input_sha256))
+    return b"".join(process_pieces(sample_json, data, input_sha256))
+
+
+def process_pieces(sample_json: str, data: bytes, input_sha256: str) -> tuple[bytes | memoryview, ...]:
+    """`process`'s result as the pieces that make it up, in order, so that a caller
+    copying the result into its own buffer copies each byte once."""
+    seed, plan = _plan(sample_json)
+    rng = np.random.default_rng(per_image_seed(seed, input_sha256))
     value: Any = data
     try:
-        for step in doc["steps"]:
-            value = STEPS[step["step"]](value, step["params"], rng)
+        for fn, params in plan:
+            value = fn(value, params, rng)
     except ImageFailure:
         raise
     except MemoryError:
@@ -50,16 +57,34 @@ def process(sample_json: str, data: bytes, input_sha256: str) -> bytes:
     except (OSError, ValueError, SyntaxError, TypeError, IndexError, EOFError) as exc:
         # Pillow reports damaged data from deep inside its decoders with these.
         raise ImageFailure(f"corrupt image: {_one_line(exc)}") from None
-    return value
+    return value if isinstance(value, tuple) else (value,)
 
 
 def per_image_seed(seed: int, input_sha256: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{input_sha256}".encode()).digest()[:8], "big")
 
 
+Step = Callable[[Any, Any, np.random.Generator], Any]
+
+
 @functools.lru_cache(maxsize=8)
-def _parsed(sample_json: str) -> dict[str, Any]:
-    return json.loads(sample_json)
+def _plan(sample_json: str) -> tuple[int, list[tuple[Step, Any]]]:
+    """The pipeline's seed and the calls that carry out its steps: each step's own
+    function, except that a resize followed by a crop is one call (`resize_crop`)."""
+    doc = json.loads(sample_json)
+    plan: list[tuple[Step, Any]] = []
+    steps = doc["steps"]
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        after = steps[i + 1]["step"] if i + 1 < len(steps) else None
+        if step["step"] == "resize" and after in ("center_crop", "crop"):
+            plan.append((resize_crop, (step["params"], after, steps[i + 1]["params"])))
+            i += 2
+            continue
+        plan.append((STEPS[step["step"]], step["params"]))
+        i += 1
+    return doc["seed"], plan
 
 
 def _one_line(exc: BaseException) -> str:
@@ -105,16 +130,20 @@ def center_box(width: int, height: int, crop_w: int, crop_h: int) -> tuple[int, 
     return left, top, left + crop_w, top + crop_h
 
 
+def resized_size(width: int, height: int, p: dict[str, Any]) -> tuple[int, int]:
+    """The size a resize that is not `fit` gives an image of this size."""
+    if p["mode"] == "shorter":
+        return shorter_side_size(width, height, p["size"])
+    if p["mode"] == "longer":
+        return longer_side_size(width, height, p["size"])
+    return p["size"][0], p["size"][1]
+
+
 def resize(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
     filt = FILTERS[p["filter"]]
     w, h = img.size
-    mode = p["mode"]
-    if mode == "exact":
-        return img.resize(tuple(p["size"]), filt)
-    if mode == "shorter":
-        return img.resize(shorter_side_size(w, h, p["size"]), filt)
-    if mode == "longer":
-        return img.resize(longer_side_size(w, h, p["size"]), filt)
+    if p["mode"] != "fit":
+        return img.resize(resized_size(w, h, p), filt)
     box_w, box_h = p["size"]
     scale = min(box_w / w, box_h / h)
     inner = (max(1, min(box_w, round(w * scale))), max(1, min(box_h, round(h * scale))))
@@ -131,18 +160,120 @@ def _fill_for(mode: str, fill: list[int]) -> Any:
     return tuple(fill)
 
 
-def center_crop(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+def _center_crop_box(width: int, height: int, p: dict[str, Any]) -> tuple[int, int, int, int]:
     cw, ch = p["size"]
-    if cw > img.width or ch > img.height:
-        raise ImageFailure(f"image {img.width}x{img.height} is smaller than the center crop {cw}x{ch}")
-    return img.crop(center_box(img.width, img.height, cw, ch))
+    if cw > width or ch > height:
+        raise ImageFailure(f"image {width}x{height} is smaller than the center crop {cw}x{ch}")
+    return center_box(width, height, cw, ch)
+
+
+def _crop_box(width: int, height: int, p: dict[str, Any]) -> tuple[int, int, int, int]:
+    left, top, cw, ch = p["box"]
+    if left + cw > width or top + ch > height:
+        raise ImageFailure(f"crop box {p['box']} reaches outside the {width}x{height} image")
+    return left, top, left + cw, top + ch
+
+
+CROP_BOXES = {"center_crop": _center_crop_box, "crop": _crop_box}
+
+
+def center_crop(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
+    return img.crop(_center_crop_box(img.width, img.height, p))
 
 
 def crop(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
-    left, top, cw, ch = p["box"]
-    if left + cw > img.width or top + ch > img.height:
-        raise ImageFailure(f"crop box {p['box']} reaches outside the {img.width}x{img.height} image")
-    return img.crop((left, top, left + cw, top + ch))
+    return img.crop(_crop_box(img.width, img.height, p))
+
+
+# Filters whose weight falls to zero at the edge of their support, with that support
+# (in source pixels at scale 1). Moving a sample position by a rounding error changes
+# a weight of theirs by about as much, never by a whole tap; BOX and NEAREST jump there,
+# so a resize by them is computed whole, then cut.
+_SMOOTH_SUPPORT = {"bilinear": 1.0, "hamming": 1.0, "bicubic": 2.0, "lanczos": 3.0}
+
+
+def resize_crop(img: Image.Image, spec: tuple[dict[str, Any], str, dict[str, Any]],
+                rng: np.random.Generator) -> Image.Image:
+    """A resize followed by a crop, computing little more than the pixels the crop keeps.
+
+    Resizing the whole image and cutting the crop out of it computes every pixel of the
+    resized image; imagenet-224 throws 40 % of them away. Pillow resizes in two passes,
+    one per axis, with an 8-bit image between them. Here the first pass is Pillow's
+    own, exact, over only the source lines the second one reads; the second covers only
+    the crop, given to Pillow as a box. The box's sample positions equal the whole
+    resize's up to rounding (Pillow takes a box in single precision), which moves a
+    result by at most 1: within the ±1 a resize promises against Pillow's output. The
+    passes run in the order Pillow would choose, and the whole is checked against the
+    installed Pillow once per process.
+    """
+    p, crop_step, crop_params = spec
+    w, h = img.size
+    if (p["mode"] == "fit" or p["filter"] not in _SMOOTH_SUPPORT or img.mode not in ("RGB", "L")
+            or not _fusion_matches_pillow()):
+        # fit pads; RGBA is resized premultiplied, which two calls would round twice.
+        return STEPS[crop_step](resize(img, p, rng), crop_params, rng)
+    out_w, out_h = resized_size(w, h, p)
+    return _cut_resize(img, (out_w, out_h), CROP_BOXES[crop_step](out_w, out_h, crop_params), p["filter"])
+
+
+def _cut_resize(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int], filt: str) -> Image.Image:
+    """`img.resize(size, filt).crop(box)`, within ±1 (`filt` smooth, `img` RGB or L)."""
+    if _vertical_first(*img.size, *size):
+        # The same computation on the image turned on its side (transposes are exact).
+        sideways = Image.Transpose.TRANSPOSE
+        left, top, right, bottom = box
+        turned = _cut_resize_horizontal_first(img.transpose(sideways), (size[1], size[0]),
+                                              (top, left, bottom, right), filt)
+        return turned.transpose(sideways)
+    return _cut_resize_horizontal_first(img, size, box, filt)
+
+
+def _cut_resize_horizontal_first(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int],
+                                 filt: str) -> Image.Image:
+    (w, h), (out_w, out_h) = img.size, size
+    left, top, right, bottom = box
+    resample = FILTERS[filt]
+    scale = h / out_h  # source rows per output row
+    if out_h == h:
+        first, last = top, bottom  # no vertical pass: the rows themselves
+    else:
+        # The source rows the vertical pass reads for output rows top..bottom, with a
+        # margin: rows beyond its taps change nothing, rows missing would.
+        reach = _SMOOTH_SUPPORT[filt] * max(scale, 1.0) + 2
+        first, last = max(0, int(top * scale - reach)), min(h, int(bottom * scale + reach) + 1)
+    strip = img.crop((0, first, w, last))
+    if out_w != w:
+        strip = strip.resize((out_w, last - first), resample)  # the horizontal pass, exact
+    strip = strip.crop((left, 0, right, last - first))
+    if out_h == h:
+        return strip
+    return strip.resize((right - left, bottom - top), resample,
+                        box=(0, top * scale - first, right - left, bottom * scale - first))
+
+
+_PILLOW_MAJOR = int(Image.__version__.split(".")[0])
+
+
+def _vertical_first(w: int, h: int, out_w: int, out_h: int) -> bool:
+    # Pillow 13 and later make the vertical pass first when the height shrinks by
+    # more than twice as many pixels as the width does; earlier ones never do.
+    return _PILLOW_MAJOR >= 13 and h - out_h > 0 and h - out_h > 2 * (w - out_w)
+
+
+@functools.lru_cache(maxsize=1)
+def _fusion_matches_pillow() -> bool:
+    """Whether `_cut_resize` agrees with the installed Pillow within ±1, on sizes that
+    make it choose each pass order; a Pillow that resamples differently gets whole
+    resizes then crops (slower, never wrong)."""
+    rng = np.random.default_rng(0)
+    for (w, h), size in (((90, 300), (120, 140)), ((300, 90), (140, 120)), ((61, 47), (61, 80))):
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        box = center_box(size[0], size[1], size[0] * 2 // 3, size[1] * 2 // 3)
+        for filt in ("bilinear", "lanczos"):
+            whole = np.asarray(img.resize(size, FILTERS[filt]).crop(box), dtype=np.int16)
+            if np.abs(np.asarray(_cut_resize(img, size, box, filt), dtype=np.int16) - whole).max() > 1:
+                return False
+    return True
 
 
 def grayscale(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> Image.Image:
@@ -271,8 +402,8 @@ def encode(img: Image.Image, p: dict[str, Any], rng: np.random.Generator) -> byt
     return out.getvalue()
 
 
-def arrays(value: Data, p: dict[str, Any], rng: np.random.Generator) -> bytes:
-    """The `.npy` bytes `np.save` writes, assembled with one copy of the data (saving
+def arrays(value: Data, p: dict[str, Any], rng: np.random.Generator) -> tuple[bytes, memoryview]:
+    """The `.npy` bytes `np.save` writes, as its header and the array's memory (saving
     into a growing in-memory file copies a result several times)."""
     arr = np.ascontiguousarray(_as_array(value))
     if arr.dtype.hasobject:
@@ -283,7 +414,7 @@ def arrays(value: Data, p: dict[str, Any], rng: np.random.Generator) -> bytes:
         np.lib.format.write_array_header_1_0(header, fields)
     except ValueError:  # a header too long for format 1.0, as np.save decides
         np.lib.format.write_array_header_2_0(header, fields)
-    return b"".join((header.getvalue(), arr.data))
+    return header.getvalue(), arr.data.cast("B")
 
 
 STEPS = {"decode": decode, "resize": resize, "center_crop": center_crop, "crop": crop, "grayscale": grayscale,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlfs.preprocess.cache import CachedResult, ResultCache
-from mlfs.preprocess.steps import ImageFailure, process
+from mlfs.preprocess.steps import ImageFailure, process_pieces
 from mlfs.store.chunks import ChunkStore
 from mlfs.store.direct_io import DirectWriter
 
@@ -33,7 +33,8 @@ class WorkFailure(Exception):
 @dataclass(frozen=True)
 class Job:
     sample_json: str  # the per-image pipeline, canonical JSON
-    data: bytes  # the input's bytes, already checked against its digest
+    data: bytes | None  # the input's bytes, already checked against its digest; or
+    source_path: str | None  # a local input file to read here, checked against the digest
     input_sha256: str
     key: str  # the result's cache key
     store_root: str  # the chunk store the cache lives in
@@ -49,16 +50,21 @@ _SLOTS = 2  # results whose writes may be in flight while the next image is comp
 _buffers: list[mmap.mmap | None] = [None] * _SLOTS  # this process's page-aligned staging buffers
 
 
-def _staged(result: bytes, slot: int) -> memoryview:
-    """`result` copied into a reused page-aligned buffer, so that both copies of it
-    (cache and local output) are written with O_DIRECT: without them, copying every
-    result into fresh page-cache memory was the most expensive part of storing it."""
+def _staged(pieces: tuple[bytes | memoryview, ...], slot: int) -> memoryview:
+    """The result's pieces copied into a reused page-aligned buffer, so that both copies
+    of it (cache and local output) are written with O_DIRECT: without them, copying
+    every result into fresh page-cache memory was the most expensive part of storing it."""
+    size = sum(len(memoryview(piece).cast("B")) for piece in pieces)
     buf = _buffers[slot]
-    if buf is None or len(buf) < len(result):
+    if buf is None or len(buf) < size:
         # The old buffer is unmapped when the last view of it is gone.
-        buf = _buffers[slot] = mmap.mmap(-1, max(_BUFFER_STEP, -(-len(result) // _BUFFER_STEP) * _BUFFER_STEP))
-    buf[:len(result)] = result
-    return memoryview(buf)[:len(result)]
+        buf = _buffers[slot] = mmap.mmap(-1, max(_BUFFER_STEP, -(-size // _BUFFER_STEP) * _BUFFER_STEP))
+    at = 0
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        buf[at:at + len(view)] = view
+        at += len(view)
+    return memoryview(buf)[:size]
 
 
 def prepare_worker() -> None:
@@ -132,8 +138,7 @@ def compute_many(fn: Callable[[Job], tuple[CachedResult, bytes | None]], jobs: l
 def _start(job: Job, slot: int) -> Callable[[], tuple[CachedResult, bytes | None]]:
     """Compute one result and start writing it (cache and local output, at once);
     the returned call waits for the writes and gives the outcome."""
-    result = process(job.sample_json, job.data, job.input_sha256)
-    staged = _staged(result, slot)
+    staged = _staged(process_pieces(job.sample_json, job_input(job), job.input_sha256), slot)
     sha256 = hashlib.sha256(staged).hexdigest()
     cache = _cache(job.store_root, job.store_budget)
     writers = _write_threads()
@@ -149,9 +154,28 @@ def _start(job: Job, slot: int) -> Callable[[], tuple[CachedResult, bytes | None
         finally:
             if written is not None:
                 written.result()
-        return entry, (result if job.return_bytes else None)
+        # A copy: the staging buffer takes a later result once this returns.
+        return entry, (bytes(staged) if job.return_bytes else None)
 
     return finish
+
+
+def job_input(job: Job) -> bytes:
+    """The input's bytes. A local file is read here rather than sent through the
+    worker's pipe (a batch of images is larger than a pipe holds, so the worker would
+    wait for the parent to be scheduled several times to receive it), and checked
+    against the digest its result will be cached under."""
+    if job.data is not None:
+        return job.data
+    assert job.source_path is not None
+    try:
+        with open(job.source_path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImageFailure(f"cannot read: {exc.strerror}") from None
+    if hashlib.sha256(data).hexdigest() != job.input_sha256:
+        raise ImageFailure("it changed while the run was reading it; run again")
+    return data
 
 
 @functools.lru_cache(maxsize=1)

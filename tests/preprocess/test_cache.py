@@ -76,9 +76,9 @@ def _dies_on_marker(job):  # type: ignore[no-untyped-def]
     """Stands in for a decoder crash: the worker process exits without a word."""
     import os
 
-    from mlfs.preprocess.work import compute
+    from mlfs.preprocess.work import compute, job_input
 
-    if job.data.startswith(b"KILLS-THE-WORKER"):
+    if job_input(job).startswith(b"KILLS-THE-WORKER"):
         os._exit(3)
     return compute(job)
 
@@ -94,6 +94,24 @@ def test_an_image_that_kills_its_worker_fails_alone(tmp_path: Path, monkeypatch:
                 LocalOutput(str(tmp_path / "out")), ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
     assert (stats.done, stats.failed) == (6, 1), "only the image that kills its worker may fail"
     assert stats.failures == [(str(src / "poison.png"), "a worker process died while processing it")]
+
+
+def test_a_local_input_changed_after_it_was_hashed_fails_and_caches_nothing(tmp_path: Path) -> None:
+    import hashlib
+
+    from mlfs.preprocess.steps import ImageFailure
+    from mlfs.preprocess.work import Job, compute
+
+    src = _png_dir(tmp_path / "images", 2, 40)
+    hashed = hashlib.sha256((src / "0.png").read_bytes()).hexdigest()
+    (src / "0.png").write_bytes((src / "1.png").read_bytes())  # replaced between hashing and reading
+    cache = ResultCache(ChunkStore(tmp_path / "cache"))
+    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
+    job = Job(pipeline.sample_json(), None, str(src / "0.png"), hashed, pipeline.result_key(hashed),
+              str(cache.store.root), None, want_md5=False, out_path=str(tmp_path / "0.webp"), return_bytes=False)
+    with pytest.raises(ImageFailure, match=r"^it changed while the run was reading it; run again$"):
+        compute(job)
+    assert cache.describe(job.key) is None and not (tmp_path / "0.webp").exists(), "nothing may be kept for it"
 
 
 def test_entries_are_shared_by_every_cache_on_the_store(tmp_path: Path) -> None:

@@ -30,6 +30,9 @@ steps:
 """
 
 
+ONE_LEVEL = 1 / 255 / 0.224 + 1e-6
+
+
 def _reference(data: bytes) -> np.ndarray:
     """The pipeline above written directly with Pillow and numpy."""
     img = Image.open(io.BytesIO(data)).convert("RGB")
@@ -82,8 +85,10 @@ def test_gateway_runs_cache_and_mount(gateway: GatewayServer, tmp_path: Path) ->
         for i in (0, 1, 977, N_IMAGES - 1):
             arr = np.load(mp / f"img-{i:04d}.npy", allow_pickle=False)
             assert arr.shape == (3, 32, 32) and arr.dtype == np.float32
-            assert np.abs(arr - _reference(images[f"datasets/raw/v1/img-{i:04d}.jpg"])).max() <= 1e-5, \
-                f"img-{i:04d}.npy read through the mount differs from the numpy reference"
+            # A resize promises ±1 of Pillow's 8-bit output (the runner resizes only the
+            # pixels the crop keeps): one level, normalised, is 1 / 255 / std.
+            assert np.abs(arr - _reference(images[f"datasets/raw/v1/img-{i:04d}.jpg"])).max() <= ONE_LEVEL, \
+                f"img-{i:04d}.npy read through the mount differs from the numpy reference by more than one level"
 
     # One changed input: exactly one result is computed.
     client.put_object(Bucket="vision", Key="datasets/raw/v1/img-0500.jpg", Body=jpeg(10_000))
@@ -91,7 +96,7 @@ def test_gateway_runs_cache_and_mount(gateway: GatewayServer, tmp_path: Path) ->
     assert counts(third.summary) == {"done": 1, "cached": N_IMAGES - 1, "failed": 0, "decoded": 1}
     changed = np.load(io.BytesIO(client.get_object(
         Bucket="vision", Key="datasets/small/v1/train/img-0500.npy")["Body"].read()))
-    assert np.abs(changed - _reference(jpeg(10_000))).max() <= 1e-5, "the changed input's result was not replaced"
+    assert np.abs(changed - _reference(jpeg(10_000))).max() <= ONE_LEVEL, "the changed input's result was not replaced"
 
     # One changed parameter: every result is computed again.
     fourth = preprocess_run(env, pipeline, src, "--out", dst, "--workers", "2", "--set", "resize.size=40")

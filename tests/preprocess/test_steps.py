@@ -147,3 +147,79 @@ def test_npy_output_is_byte_identical_to_np_save(layout: str) -> None:
     out = io.BytesIO()
     np.save(out, np.load(io.BytesIO(data), allow_pickle=False), allow_pickle=False)
     assert data == out.getvalue(), "the .npy result must be exactly what np.save writes"
+
+
+PILLOW_FILTERS = {"nearest": Image.Resampling.NEAREST, "box": Image.Resampling.BOX,
+                  "bilinear": Image.Resampling.BILINEAR, "hamming": Image.Resampling.HAMMING,
+                  "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+def _resize_crop_cases(seed: int, count: int):  # type: ignore[no-untyped-def]
+    """(image, resize params, crop step, expected size, expected box): random sizes up and
+    down, every resize mode but fit, both crops; the size arithmetic written out here."""
+    rng = np.random.default_rng(seed)
+    for case in range(count):
+        w, h = (int(v) for v in rng.integers(6, 260, 2))
+        channels = (3, 1)[case % 2]
+        mode = ("shorter", "longer", "exact")[case % 3]
+        if mode == "exact":
+            size: int | list[int] = [int(v) for v in rng.integers(4, 300, 2)]
+            out = (size[0], size[1])
+        else:
+            size = int(rng.integers(4, 300))
+            short = (w <= h) == (mode == "shorter")  # the side given is the width
+            out = (size, max(1, int(size * h / w))) if short else (max(1, int(size * w / h)), size)
+        cw, ch = int(rng.integers(1, out[0] + 1)), int(rng.integers(1, out[1] + 1))
+        if case % 4 < 2:
+            left, top = (out[0] - cw) // 2, (out[1] - ch) // 2
+            crop: dict = {"center_crop": {"size": [cw, ch]}}
+        else:
+            left, top = int(rng.integers(0, out[0] - cw + 1)), int(rng.integers(0, out[1] - ch + 1))
+            crop = {"crop": {"box": [left, top, cw, ch]}}
+        yield _image(h, w, seed=case, channels=channels), {"size": size, "mode": mode}, crop, out, \
+            (left, top, left + cw, top + ch)
+
+
+@pytest.mark.parametrize("filt", sorted(PILLOW_FILTERS))
+def test_resize_then_crop_is_within_one_of_pillow_resizing_whole_then_cropping(filt: str) -> None:
+    # A resize followed by a crop computes only the kept pixels; the cases include sizes
+    # for which Pillow makes its vertical pass first and sizes for which it does not.
+    worst = 0
+    for img, resize, crop, out, box in _resize_crop_cases(seed=11, count=60):
+        got = _run(["decode" if img.ndim == 3 else {"decode": {"mode": "L"}},
+                    {"resize": {**resize, "filter": filt}}, crop], _png(img))
+        reference = np.asarray(Image.fromarray(img).resize(out, PILLOW_FILTERS[filt]).crop(box))
+        reference = reference if reference.ndim == 3 else reference[:, :, None]
+        assert got.shape == reference.shape, f"resize {resize} then {crop} gave {got.shape}, not {reference.shape}"
+        worst = max(worst, int(np.abs(got.astype(int) - reference.astype(int)).max()))
+    # BOX and NEAREST are resized whole and then cut, so they match exactly.
+    limit = 0 if filt in ("box", "nearest") else 1
+    assert worst <= limit, f"{filt}: resize then crop differs from Pillow's whole resize then crop by {worst}"
+
+
+def test_resize_followed_by_a_crop_is_computed_as_one_step() -> None:
+    from mlfs.preprocess.steps import _fusion_matches_pillow, _plan, resize_crop
+
+    pipeline = build_pipeline({"steps": ["decode", {"resize": {"size": 256}}, {"center_crop": {"size": 224}},
+                                         "normalize", {"arrays": {"format": "npy"}}]})
+    _, plan = _plan(pipeline.sample_json())
+    assert [fn.__name__ for fn, _ in plan] == ["decode", "resize_crop", "normalize", "arrays"]
+    assert plan[1][0] is resize_crop
+    assert _fusion_matches_pillow(), "the installed Pillow resamples unlike the fused resize: it is never used"
+
+
+def test_rgba_resize_then_crop_is_exactly_pillows() -> None:
+    img = _image(70, 90, seed=12, channels=4)
+    got = _run([{"decode": {"mode": "RGBA"}}, {"resize": {"size": 50, "filter": "bicubic"}},
+                {"center_crop": {"size": 40}}], _png(img))
+    whole = Image.fromarray(img).resize((int(50 * 90 / 70), 50), Image.Resampling.BICUBIC)
+    left, top = (whole.width - 40) // 2, (whole.height - 40) // 2
+    reference = np.asarray(whole.crop((left, top, left + 40, top + 40)))
+    assert np.array_equal(got, reference), "RGBA (resized premultiplied) must be resized whole, then cut"
+
+
+def test_crop_larger_than_the_resized_image_fails_the_item() -> None:
+    pipeline = build_pipeline({"steps": ["decode", {"resize": {"size": 20}}, {"center_crop": {"size": 24}},
+                                         {"arrays": {"format": "npy"}}]})
+    with pytest.raises(ImageFailure, match=r"^image 26x20 is smaller than the center crop 24x24$"):
+        process(pipeline.sample_json(), _png(_image(30, 40)), DIGEST)
