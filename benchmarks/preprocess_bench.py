@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -77,6 +78,12 @@ def timed(fn, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t0, n
 
 
+def own_cpu() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
 def creation_cost(where: Path, files: int = 500) -> float:
     """CPU microseconds to create one empty file here (the files stay until the end).
 
@@ -99,10 +106,13 @@ def local_bench(work: Path, images: int, runs: int) -> None:
     os.sync()
     creation = creation_cost(work / "creation-probe")
     plain, pooled, cached = [], [], []
+    plain_cpu: list[tuple[float, float]] = []  # (user, system) seconds an image
     timed(plain_loop, src, work / "warm")  # warm-up: page cache, imports
     for r in range(runs):
         # Interleaved, so both peers see the same machine load.
+        before = own_cpu()
         plain.append(timed(plain_loop, src, work / f"plain-{r}"))
+        plain_cpu.append(tuple((b - a) / images for a, b in zip(before, own_cpu(), strict=True)))
         cache = work / f"cache-{r}"
         pooled.append(timed(runner, src, work / f"runner-{r}", cache))
         cached.append(timed(runner, src, work / f"runner-{r}", cache))
@@ -111,10 +121,19 @@ def local_bench(work: Path, images: int, runs: int) -> None:
         # which would charge whichever side creates more files for the harness's cleanup.
     rate = lambda rs: statistics.median(n / s for s, n in rs)  # noqa: E731
     p, w, c = rate(plain), rate(pooled), rate(cached)
+    # Each round's runner against the plain loop run just before it: the spread shows
+    # how much the machine's state moved the ratio during the run.
+    pairs = sorted(ps / rs for (ps, _), (rs, _) in zip(plain, pooled, strict=True))
+    user, system = (statistics.median(x[i] for x in plain_cpu) * 1e3 for i in (0, 1))
     print(f"local directories, {images} JPEGs ~330x250 → imagenet-224 (.npy), median of {runs}:")
     print(f"  (creating a file here costs {creation:.0f} µs of CPU; with no recent mass deletions, ~20-60 µs)")
+    print(f"  (the plain loop used {user:.2f} ms of user and {system:.2f} ms of system CPU an image; system time "
+          f"above ~0.5 ms means this VM was slow to hand it fresh memory)")
     print(f"  plain Pillow loop, 1 process   {p:8.1f} images/s")
-    print(f"  runner, 2 workers, cold cache  {w:8.1f} images/s   {w / p:5.2f}x the plain loop")
+    print(f"  runner, 2 workers, cold cache  {w:8.1f} images/s   {w / p:5.2f}x the plain loop "
+          f"(rounds: {pairs[0]:.2f}x to {pairs[-1]:.2f}x)")
+    print("  each round, images/s (plain loop → runner): " + ", ".join(
+        f"{n / ps:.0f} → {m / rs:.0f}" for (ps, n), (rs, m) in zip(plain, pooled, strict=True)))
     print(f"  runner, cached re-run          {c:8.1f} images/s   {c / w:5.1f}x the first run")
 
 
