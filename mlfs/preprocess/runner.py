@@ -227,16 +227,16 @@ class Run:
             data = self.source.read(item)
             digest = verify_digest(item, data)
         key = self.pipeline.result_key(digest)
-        if not self._shards:
+        known = self.cache.describe(key)
+        if known is not None and not self._shards and self.output.holds_result(out, known):
             # The destination already holds the cached result's exact bytes (an S3
             # object whose ETag is the MD5 the entry recorded; a local file a run wrote
             # with the entry's SHA-256, unchanged since): nothing to read, verify or send.
-            known = self.cache.describe(key)
-            if known is not None and self.output.holds_result(out, known):
-                self._count("cached")
-                self.output.keep(out, known)
-                return None
-        entry = self.cache.lookup(key)
+            self._count("cached")
+            self.output.keep(out, known)
+            return None
+        # No entry recorded: a miss without reading the log a second time.
+        entry = None if known is None else self.cache.lookup(key)
         result: bytes | None = None
         # Shards read cached results at the end; an S3 destination may already hold them.
         if entry is not None and not self._shards and isinstance(self.output, LocalOutput):
