@@ -40,7 +40,7 @@ from mlfs.preprocess.locations import (
     verify_digest,
 )
 from mlfs.preprocess.pipeline import Pipeline
-from mlfs.preprocess.steps import ImageFailure, output_suffix
+from mlfs.preprocess.steps import ImageFailure, fusion_matches_pillow, output_suffix
 from mlfs.preprocess.work import Job, Outcome, compute, compute_many, prepare_worker
 
 MAX_FAILURES_KEPT = 1000
@@ -92,6 +92,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """
     if threading.active_count() == 1:
         ctx = multiprocessing.get_context("fork")
+        fusion_matches_pillow()  # once, here: the forked workers inherit the answer
     else:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["mlfs.preprocess.work"])

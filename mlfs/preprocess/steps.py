@@ -209,7 +209,7 @@ def resize_crop(img: Image.Image, spec: tuple[dict[str, Any], str, dict[str, Any
     p, crop_step, crop_params = spec
     w, h = img.size
     if (p["mode"] == "fit" or p["filter"] not in _SMOOTH_SUPPORT or img.mode not in ("RGB", "L")
-            or not _fusion_matches_pillow()):
+            or not fusion_matches_pillow()):
         # fit pads; RGBA is resized premultiplied, which two calls would round twice.
         return STEPS[crop_step](resize(img, p, rng), crop_params, rng)
     out_w, out_h = resized_size(w, h, p)
@@ -261,7 +261,7 @@ def _vertical_first(w: int, h: int, out_w: int, out_h: int) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _fusion_matches_pillow() -> bool:
+def fusion_matches_pillow() -> bool:
     """Whether `_cut_resize` agrees with the installed Pillow within ±1, on sizes that
     make it choose each pass order; a Pillow that resamples differently gets whole
     resizes then crops (slower, never wrong)."""

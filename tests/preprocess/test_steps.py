@@ -198,14 +198,14 @@ def test_resize_then_crop_is_within_one_of_pillow_resizing_whole_then_cropping(f
 
 
 def test_resize_followed_by_a_crop_is_computed_as_one_step() -> None:
-    from mlfs.preprocess.steps import _fusion_matches_pillow, _plan, resize_crop
+    from mlfs.preprocess.steps import _plan, fusion_matches_pillow, resize_crop
 
     pipeline = build_pipeline({"steps": ["decode", {"resize": {"size": 256}}, {"center_crop": {"size": 224}},
                                          "normalize", {"arrays": {"format": "npy"}}]})
     _, plan = _plan(pipeline.sample_json())
     assert [fn.__name__ for fn, _ in plan] == ["decode", "resize_crop", "normalize", "arrays"]
     assert plan[1][0] is resize_crop
-    assert _fusion_matches_pillow(), "the installed Pillow resamples unlike the fused resize: it is never used"
+    assert fusion_matches_pillow(), "the installed Pillow resamples unlike the fused resize: it is never used"
 
 
 def test_rgba_resize_then_crop_is_exactly_pillows() -> None:
