@@ -257,8 +257,8 @@ class Run:
         # A local input is read again by the worker (from the page cache) instead of
         # travelling through its pipe.
         path = str(self.source.root / item.rel) if isinstance(self.source, LocalInput) else None
-        return Job(self._sample_json, None if path else data, path, digest, key, str(self.cache.store.root),
-                   self.cache.store.budget,
+        return Job(self._sample_json, None if path else data, path, digest, len(data), key,
+                   str(self.cache.store.root), self.cache.store.budget,
                    want_md5=isinstance(self.output, S3Output), out_path=None if local is None else str(local),
                    return_bytes=isinstance(self.output, S3Output) and not self._shards)
 

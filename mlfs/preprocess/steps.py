@@ -213,7 +213,24 @@ def resize_crop(img: Image.Image, spec: tuple[dict[str, Any], str, dict[str, Any
         # fit pads; RGBA is resized premultiplied, which two calls would round twice.
         return STEPS[crop_step](resize(img, p, rng), crop_params, rng)
     out_w, out_h = resized_size(w, h, p)
-    return _cut_resize(img, (out_w, out_h), CROP_BOXES[crop_step](out_w, out_h, crop_params), p["filter"])
+    box = CROP_BOXES[crop_step](out_w, out_h, crop_params)
+    if _boxed_span(img.size, (out_w, out_h), box) > _MAX_BOXED_SPAN:
+        return img.resize((out_w, out_h), FILTERS[p["filter"]]).crop(box)
+    return _cut_resize(img, (out_w, out_h), box, p["filter"])
+
+
+# Pillow keeps a box in single precision, so the error of its sample positions grows
+# with the source lines the box spans: about 1e-5 of a pixel for a 224-pixel crop, but
+# enough to move a result by 2 past 32,768 lines. Longer spans are resized whole.
+_MAX_BOXED_SPAN = 4096
+
+
+def _boxed_span(size: tuple[int, int], out: tuple[int, int], box: tuple[int, int, int, int]) -> float:
+    """Source lines the box of the second (boxed) pass spans."""
+    (w, h), (out_w, out_h) = size, out
+    if _vertical_first(w, h, out_w, out_h):
+        return (box[2] - box[0]) * w / out_w
+    return (box[3] - box[1]) * h / out_h
 
 
 def _cut_resize(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int], filt: str) -> Image.Image:
@@ -251,22 +268,27 @@ def _cut_resize_horizontal_first(img: Image.Image, size: tuple[int, int], box: t
                         box=(0, top * scale - first, right - left, bottom * scale - first))
 
 
-_PILLOW_MAJOR = int(Image.__version__.split(".")[0])
+_PILLOW_VERSION = tuple(int(part) for part in Image.__version__.split(".")[:2])
 
 
 def _vertical_first(w: int, h: int, out_w: int, out_h: int) -> bool:
-    # Pillow 13 and later make the vertical pass first when the height shrinks by
-    # more than twice as many pixels as the width does; earlier ones never do.
-    return _PILLOW_MAJOR >= 13 and h - out_h > 0 and h - out_h > 2 * (w - out_w)
+    """Whether the installed Pillow resizes (w, h) to (out_w, out_h) vertically first."""
+    if _PILLOW_VERSION >= (13, 0):  # when the height shrinks by over twice the width's pixels
+        return h - out_h > 0 and h - out_h > 2 * (w - out_w)
+    if _PILLOW_VERSION >= (12, 2):  # an image over 100 times taller than wide, shrinking
+        return h > 100 * w and out_h < h
+    return False
 
 
 @functools.lru_cache(maxsize=1)
 def fusion_matches_pillow() -> bool:
     """Whether `_cut_resize` agrees with the installed Pillow within ±1, on sizes that
-    make it choose each pass order; a Pillow that resamples differently gets whole
-    resizes then crops (slower, never wrong)."""
+    make each Pillow version since 10 choose each pass order (the last is over 100 times
+    taller than wide); a Pillow that resamples differently gets whole resizes then crops
+    (slower, never wrong)."""
     rng = np.random.default_rng(0)
-    for (w, h), size in (((90, 300), (120, 140)), ((300, 90), (140, 120)), ((61, 47), (61, 80))):
+    cases = (((90, 300), (120, 140)), ((300, 90), (140, 120)), ((61, 47), (61, 80)), ((4, 500), (3, 150)))
+    for (w, h), size in cases:
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         box = center_box(size[0], size[1], size[0] * 2 // 3, size[1] * 2 // 3)
         for filt in ("bilinear", "lanczos"):

@@ -15,6 +15,7 @@ import hashlib
 import mmap
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class Job:
     data: bytes | None  # the input's bytes, already checked against its digest; or
     source_path: str | None  # a local input file to read here, checked against the digest
     input_sha256: str
+    input_size: int
     key: str  # the result's cache key
     store_root: str  # the chunk store the cache lives in
     store_budget: int | None
@@ -168,13 +170,19 @@ def job_input(job: Job) -> bytes:
     if job.data is not None:
         return job.data
     assert job.source_path is not None
+    changed = ImageFailure("it changed while the run was reading it; run again")
     try:
-        with open(job.source_path, "rb") as f:
-            data = f.read()
+        # Non-blocking and bounded: a path replaced since the parent read it (by a FIFO,
+        # a device, a larger file) fails the image instead of hanging or filling memory.
+        fd = os.open(job.source_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise changed
+            data = f.read(job.input_size + 1)
     except OSError as exc:
         raise ImageFailure(f"cannot read: {exc.strerror}") from None
-    if hashlib.sha256(data).hexdigest() != job.input_sha256:
-        raise ImageFailure("it changed while the run was reading it; run again")
+    if len(data) != job.input_size or hashlib.sha256(data).hexdigest() != job.input_sha256:
+        raise changed
     return data
 
 

@@ -96,21 +96,40 @@ def test_an_image_that_kills_its_worker_fails_alone(tmp_path: Path, monkeypatch:
     assert stats.failures == [(str(src / "poison.png"), "a worker process died while processing it")]
 
 
-def test_a_local_input_changed_after_it_was_hashed_fails_and_caches_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("replacement", ["same size, other bytes", "a larger file", "a FIFO"])
+def test_a_local_input_changed_after_it_was_hashed_fails_and_caches_nothing(tmp_path: Path, replacement: str) -> None:
     import hashlib
+    import os
+    import signal
 
     from mlfs.preprocess.steps import ImageFailure
     from mlfs.preprocess.work import Job, compute
 
     src = _png_dir(tmp_path / "images", 2, 40)
-    hashed = hashlib.sha256((src / "0.png").read_bytes()).hexdigest()
-    (src / "0.png").write_bytes((src / "1.png").read_bytes())  # replaced between hashing and reading
+    original = (src / "0.png").read_bytes()
+    hashed = hashlib.sha256(original).hexdigest()
+    # Replaced between the parent's hashing and the worker's reading:
+    (src / "0.png").unlink()
+    if replacement == "a FIFO":
+        os.mkfifo(src / "0.png")  # nobody writes: a blocking open would wait forever
+    else:
+        same_size = original[:-1] + bytes([original[-1] ^ 1])
+        (src / "0.png").write_bytes(same_size if replacement == "same size, other bytes" else original * 1000)
     cache = ResultCache(ChunkStore(tmp_path / "cache"))
     pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
-    job = Job(pipeline.sample_json(), None, str(src / "0.png"), hashed, pipeline.result_key(hashed),
+    job = Job(pipeline.sample_json(), None, str(src / "0.png"), hashed, len(original), pipeline.result_key(hashed),
               str(cache.store.root), None, want_md5=False, out_path=str(tmp_path / "0.webp"), return_bytes=False)
-    with pytest.raises(ImageFailure, match=r"^it changed while the run was reading it; run again$"):
-        compute(job)
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("reading the replaced input hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)  # a hang fails the test instead of the suite
+    signal.alarm(30)
+    try:
+        with pytest.raises(ImageFailure, match=r"^it changed while the run was reading it; run again$"):
+            compute(job)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
     assert cache.describe(job.key) is None and not (tmp_path / "0.webp").exists(), "nothing may be kept for it"
 
 

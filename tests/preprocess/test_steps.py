@@ -223,3 +223,48 @@ def test_crop_larger_than_the_resized_image_fails_the_item() -> None:
                                          {"arrays": {"format": "npy"}}]})
     with pytest.raises(ImageFailure, match=r"^image 26x20 is smaller than the center crop 24x24$"):
         process(pipeline.sample_json(), _png(_image(30, 40)), DIGEST)
+
+
+@pytest.mark.parametrize("filt", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("shape,resize,crop", [
+    ((900, 4), {"size": [3, 150], "mode": "exact"}, {"center_crop": {"size": [2, 100]}}),  # over 100:1, shrinking
+    ((700, 5), {"size": 3, "mode": "shorter"}, {"crop": {"box": [0, 10, 3, 300]}}),
+    ((40, 30), {"size": [30, 1], "mode": "exact"}, {"center_crop": {"size": [7, 1]}}),  # 1-pixel output
+    ((40, 30), {"size": [30, 90], "mode": "exact"}, {"crop": {"box": [0, 0, 30, 90]}}),  # width unchanged
+    ((37476, 2), {"size": [2, 57278], "mode": "exact"}, {"crop": {"box": [0, 3, 2, 57271]}}),  # a box over 32k lines
+])
+def test_resize_then_crop_at_the_edges_is_within_one_of_pillow(filt: str, shape: tuple, resize: dict,
+                                                                crop: dict) -> None:
+    img = _image(*shape, seed=13, channels=1)
+    got = _run([{"decode": {"mode": "L"}}, {"resize": {**resize, "filter": filt}}, crop], _png(img))
+    size = tuple(resize["size"]) if resize["mode"] == "exact" else (resize["size"], int(resize["size"] * shape[0] / shape[1]))
+    whole = Image.fromarray(img).resize(size, PILLOW_FILTERS[filt])
+    if "crop" in crop:
+        left, top, cw, ch = crop["crop"]["box"]
+    else:
+        cw, ch = crop["center_crop"]["size"]
+        left, top = (whole.width - cw) // 2, (whole.height - ch) // 2
+    reference = np.asarray(whole.crop((left, top, left + cw, top + ch)))[:, :, None]
+    assert got.shape == reference.shape, f"gave {got.shape}, not {reference.shape}"
+    assert np.abs(got.astype(int) - reference.astype(int)).max() <= 1, f"{filt} differs from Pillow by more than 1"
+
+
+def test_a_crop_spanning_over_4096_source_lines_is_resized_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow keeps a box in single precision: over tens of thousands of lines its sample
+    # positions drift enough to move a result by 2 (shown with crafted content), so such
+    # a crop must not take the boxed pass at all.
+    import mlfs.preprocess.steps as steps
+
+    def boxed(*args: object) -> None:
+        raise AssertionError("the boxed pass was used")
+
+    assert steps.fusion_matches_pillow(), "the boxed pass is never used with this Pillow"  # checked before the patch
+    monkeypatch.setattr(steps, "_cut_resize", boxed)
+    img = _image(5000, 2, seed=14, channels=1)
+    got = _run([{"decode": {"mode": "L"}}, {"resize": {"size": [2, 6000], "mode": "exact", "filter": "bicubic"}},
+                {"crop": {"box": [0, 1, 2, 5000]}}], _png(img))
+    whole = np.asarray(Image.fromarray(img).resize((2, 6000), Image.Resampling.BICUBIC).crop((0, 1, 2, 5001)))
+    assert np.array_equal(got[:, :, 0], whole), "a long crop must be exactly Pillow's whole resize, then cut"
+    with pytest.raises(AssertionError, match="the boxed pass was used"):  # and a short one is boxed
+        _run([{"decode": {"mode": "L"}}, {"resize": {"size": [2, 6000], "mode": "exact", "filter": "bicubic"}},
+              {"crop": {"box": [0, 1, 2, 4000]}}], _png(img))
