@@ -205,10 +205,12 @@ class ResultCache:
     def lookup(self, key: str) -> CachedResult | None:
         """The entry for `key` if every chunk of it is present and intact."""
         entry = self.describe(key)
-        if entry is None:
-            return None
+        return None if entry is None else self.checked(entry)
+
+    def checked(self, entry: CachedResult) -> CachedResult | None:
+        """`entry` (as `describe` gave it) if every chunk of it is present and intact."""
         if not all(self.store.ensure_verified(d) for d in entry.chunks):
-            self._drop(key)
+            self._drop(entry.key)
             return None
         return entry
 

@@ -40,7 +40,7 @@ from mlfs.preprocess.locations import (
     verify_digest,
 )
 from mlfs.preprocess.pipeline import Pipeline
-from mlfs.preprocess.steps import ImageFailure, fusion_matches_pillow, output_suffix
+from mlfs.preprocess.steps import ImageFailure, output_suffix, prepare
 from mlfs.preprocess.work import Job, Outcome, compute, compute_many, prepare_worker
 
 MAX_FAILURES_KEPT = 1000
@@ -92,7 +92,6 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     """
     if threading.active_count() == 1:
         ctx = multiprocessing.get_context("fork")
-        fusion_matches_pillow()  # once, here: the forked workers inherit the answer
     else:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["mlfs.preprocess.work"])
@@ -144,6 +143,7 @@ class Run:
         self.output.prepare()
         planned = self._plan(items)
         if self._may_compute(planned):
+            prepare(self._sample_json)  # once, here: forked workers inherit it
             self._workers()  # start the processes before any thread exists (see worker_pool)
         try:
             with ThreadPoolExecutor(self.io_threads) as threads:
@@ -236,8 +236,7 @@ class Run:
             self._count("cached")
             self.output.keep(out, known)
             return None
-        # No entry recorded: a miss without reading the log a second time.
-        entry = None if known is None else self.cache.lookup(key)
+        entry = None if known is None else self.cache.checked(known)
         result: bytes | None = None
         # Shards read cached results at the end; an S3 destination may already hold them.
         if entry is not None and not self._shards and isinstance(self.output, LocalOutput):

@@ -87,6 +87,14 @@ def _plan(sample_json: str) -> tuple[int, list[tuple[Step, Any]]]:
     return doc["seed"], plan
 
 
+def prepare(sample_json: str) -> None:
+    """Build the pipeline's plan and, if it fuses a resize and a crop, check the fusion
+    against Pillow: done before forking workers, so that they inherit both."""
+    _, plan = _plan(sample_json)
+    if any(fn is resize_crop for fn, _ in plan):
+        fusion_matches_pillow()
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -207,16 +215,14 @@ def resize_crop(img: Image.Image, spec: tuple[dict[str, Any], str, dict[str, Any
     installed Pillow once per process.
     """
     p, crop_step, crop_params = spec
-    w, h = img.size
-    if (p["mode"] == "fit" or p["filter"] not in _SMOOTH_SUPPORT or img.mode not in ("RGB", "L")
-            or not fusion_matches_pillow()):
-        # fit pads; RGBA is resized premultiplied, which two calls would round twice.
-        return STEPS[crop_step](resize(img, p, rng), crop_params, rng)
-    out_w, out_h = resized_size(w, h, p)
-    box = CROP_BOXES[crop_step](out_w, out_h, crop_params)
-    if _boxed_span(img.size, (out_w, out_h), box) > _MAX_BOXED_SPAN:
-        return img.resize((out_w, out_h), FILTERS[p["filter"]]).crop(box)
-    return _cut_resize(img, (out_w, out_h), box, p["filter"])
+    # fit pads; RGBA is resized premultiplied, which two calls would round twice.
+    if (p["mode"] != "fit" and p["filter"] in _SMOOTH_SUPPORT and img.mode in ("RGB", "L")
+            and fusion_matches_pillow()):
+        out = resized_size(img.width, img.height, p)
+        box = CROP_BOXES[crop_step](*out, crop_params)
+        if _boxed_span(img.size, out, box) <= _MAX_BOXED_SPAN:
+            return _cut_resize(img, out, box, p["filter"])
+    return STEPS[crop_step](resize(img, p, rng), crop_params, rng)
 
 
 # Pillow keeps a box in single precision, so the error of its sample positions grows

@@ -56,14 +56,14 @@ def _staged(pieces: tuple[bytes | memoryview, ...], slot: int) -> memoryview:
     """The result's pieces copied into a reused page-aligned buffer, so that both copies
     of it (cache and local output) are written with O_DIRECT: without them, copying
     every result into fresh page-cache memory was the most expensive part of storing it."""
-    size = sum(len(memoryview(piece).cast("B")) for piece in pieces)
+    views = [memoryview(piece).cast("B") for piece in pieces]
+    size = sum(len(view) for view in views)
     buf = _buffers[slot]
     if buf is None or len(buf) < size:
         # The old buffer is unmapped when the last view of it is gone.
         buf = _buffers[slot] = mmap.mmap(-1, max(_BUFFER_STEP, -(-size // _BUFFER_STEP) * _BUFFER_STEP))
     at = 0
-    for piece in pieces:
-        view = memoryview(piece).cast("B")
+    for view in views:
         buf[at:at + len(view)] = view
         at += len(view)
     return memoryview(buf)[:size]
