@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlfs.store.chunks import ChunkStore
+from mlfs.store.chunks import ChunkStore, PendingChunk
 
 logger = logging.getLogger(__name__)
 
@@ -241,8 +241,19 @@ class ResultCache:
             chunks = tuple(self._put_chunk(view[i:i + RESULT_CHUNK], aligned)
                            for i in range(0, max(len(view), 1), RESULT_CHUNK))
         # A one-chunk result's SHA-256 is its chunk's name: no second pass over the bytes.
-        whole = sha256 or (chunks[0] if len(chunks) == 1 else hashlib.sha256(data).hexdigest())
-        entry = CachedResult(key, len(view), whole, hashlib.md5(data).hexdigest() if want_md5 else "", chunks)
+        return self._record_entry(key, view, want_md5, chunks, sha256 or (chunks[0] if len(chunks) == 1 else None))
+
+    def begin_put(self, key: str, data: bytes | memoryview, want_md5: bool = True, aligned: bool = False,
+                  sha256: str | None = None) -> PendingResult:
+        """`put` in two steps, for a caller that overlaps the disk write with other work:
+        `bulk()` on the returned object writes the result (on any thread; it waits for
+        the disk), `commit()` (on this thread) stores and records it."""
+        return PendingResult(self, key, memoryview(data), want_md5, aligned, sha256)
+
+    def _record_entry(self, key: str, view: memoryview, want_md5: bool, chunks: tuple[str, ...],
+                      sha256: str | None) -> CachedResult:
+        whole = sha256 or hashlib.sha256(view).hexdigest()
+        entry = CachedResult(key, len(view), whole, hashlib.md5(view).hexdigest() if want_md5 else "", chunks)
         self._append(key, _fields(entry))
         return entry
 
@@ -304,6 +315,38 @@ class ResultCache:
                 log.entries.pop(key, None)
         with contextlib.suppress(OSError):
             self._append(key, {"drop": True})
+
+
+class PendingResult:
+    """A result being stored in two steps (see `ResultCache.begin_put`). A one-chunk
+    result whose SHA-256 the caller gave is written by `bulk()`; any other is stored
+    whole by `commit()`."""
+
+    def __init__(self, cache: ResultCache, key: str, view: memoryview, want_md5: bool, aligned: bool,
+                 sha256: str | None) -> None:
+        self._cache, self._key, self._view = cache, key, view
+        self._want_md5, self._aligned, self._sha256 = want_md5, aligned, sha256
+        self._two_steps = sha256 is not None and len(view) <= RESULT_CHUNK
+        self._chunk: PendingChunk | None = None
+        if self._two_steps:
+            assert sha256 is not None
+            self._chunk = cache.store.begin_verified(sha256, view, len(view), aligned)
+
+    def bulk(self) -> None:
+        if self._chunk is not None:
+            self._chunk.bulk()
+
+    def commit(self) -> CachedResult:
+        if not self._two_steps:
+            return self._cache.put(self._key, self._view, self._want_md5, self._aligned, self._sha256)
+        assert self._sha256 is not None
+        if self._chunk is not None and not self._chunk.commit():
+            raise OSError(errno.ENOSPC, f"chunk store {self._cache.store.root} is full")
+        return self._cache._record_entry(self._key, self._view, self._want_md5, (self._sha256,), self._sha256)
+
+    def abandon(self) -> None:
+        if self._chunk is not None:
+            self._chunk.abandon()
 
 
 def _record(key: str, doc: dict[str, object]) -> bytes:

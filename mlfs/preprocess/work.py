@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlfs.preprocess.cache import CachedResult, ResultCache
+from mlfs.preprocess.cache import CachedResult, PendingResult, ResultCache
 from mlfs.preprocess.steps import ImageFailure, process_pieces
 from mlfs.store.chunks import ChunkStore
 from mlfs.store.direct_io import DirectWriter
@@ -139,27 +139,51 @@ def compute_many(fn: Callable[[Job], tuple[CachedResult, bytes | None]], jobs: l
 
 def _start(job: Job, slot: int) -> Callable[[], tuple[CachedResult, bytes | None]]:
     """Compute one result and start writing it (cache and local output, at once);
-    the returned call waits for the writes and gives the outcome."""
+    the returned call waits for the writes and gives the outcome.
+
+    Both files are created here and finished by the returned call, on this thread; a
+    helper thread makes only the two writes that wait for the disk (see `PendingFile`).
+    """
     staged = _staged(process_pieces(job.sample_json, job_input(job), job.input_sha256), slot)
     sha256 = hashlib.sha256(staged).hexdigest()
     cache = _cache(job.store_root, job.store_budget)
-    writers = _write_threads()
-    cached = writers.submit(cache.put, job.key, staged, job.want_md5, True, sha256)
-    written = None if job.out_path is None else writers.submit(
-        write_atomically, Path(job.out_path), staged, True, sha256)
+    try:
+        cached = cache.begin_put(job.key, staged, job.want_md5, True, sha256)
+    except OSError as exc:
+        raise WorkFailure(f"cannot cache its result: {exc.strerror or exc}") from None
+    try:
+        output = None if job.out_path is None else OutputWrite(Path(job.out_path), staged, True, sha256)
+    except BaseException:
+        cached.abandon()
+        raise
+    bulk = _write_threads().submit(_write_bulk, cached, output)
 
     def finish() -> tuple[CachedResult, bytes | None]:
         try:
-            entry = cached.result()
+            bulk.result()  # keeps the writes' errors for the commits
+        except BaseException:
+            cached.abandon()
+            if output is not None:
+                output.abandon()
+            raise
+        try:
+            entry = cached.commit()
         except OSError as exc:
+            if output is not None:
+                output.abandon()
             raise WorkFailure(f"cannot cache its result: {exc.strerror or exc}") from None
-        finally:
-            if written is not None:
-                written.result()
+        if output is not None:
+            output.commit()
         # A copy: the staging buffer takes a later result once this returns.
         return entry, (bytes(staged) if job.return_bytes else None)
 
     return finish
+
+
+def _write_bulk(cached: PendingResult, output: OutputWrite | None) -> None:
+    cached.bulk()
+    if output is not None:
+        output.bulk()
 
 
 def job_input(job: Job) -> bytes:
@@ -188,8 +212,9 @@ def job_input(job: Job) -> bytes:
 
 @functools.lru_cache(maxsize=1)
 def _write_threads() -> ThreadPoolExecutor:
-    # Created in the worker process (a thread does not survive a fork).
-    return ThreadPoolExecutor(2 * _SLOTS, thread_name_prefix="mlfs-write")
+    # Created in the worker process (a thread does not survive a fork). One image's
+    # writes are one task.
+    return ThreadPoolExecutor(_SLOTS, thread_name_prefix="mlfs-write")
 
 
 _writer = DirectWriter()
@@ -219,24 +244,53 @@ def write_atomically(path: Path, data: bytes | memoryview, aligned: bool = False
     filling the page cache with them costs the worker more CPU than computing them.
     `sha256` (of `data`) is recorded on the file for `holds`.
     """
+    write = OutputWrite(path, data, aligned, sha256)
     try:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        write.bulk()
+    except BaseException:
+        write.abandon()
+        raise
+    write.commit()
+
+
+class OutputWrite:
+    """`write_atomically` in two steps: the temp file is created now, `bulk()` writes it
+    (on any thread), `commit()` (on the creating thread) finishes it and renames it into
+    place. Errors are `WorkFailure`s; a failed write leaves no temp file behind."""
+
+    def __init__(self, path: Path, data: bytes | memoryview, aligned: bool = False, sha256: str | None = None) -> None:
+        self.path, self._sha256 = path, sha256
+        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         try:
             try:
-                fd = _writer.create(tmp, memoryview(data), aligned)
+                self._file = _writer.begin(self._tmp, memoryview(data), aligned)
             except FileNotFoundError:  # the first output in its directory
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd = _writer.create(tmp, memoryview(data), aligned)
+                self._file = _writer.begin(self._tmp, memoryview(data), aligned)
+        except OSError as exc:
+            raise WorkFailure(f"cannot write {path}: {exc.strerror}") from None
+
+    def bulk(self) -> None:
+        self._file.bulk()
+
+    def commit(self) -> None:
+        try:
             try:
-                if sha256 is not None:
-                    st = os.fstat(fd)
-                    with contextlib.suppress(OSError):  # no user xattrs here: outputs are rewritten
-                        os.setxattr(fd, _WRITTEN_XATTR, f"{sha256}:{st.st_size}:{st.st_mtime_ns}".encode())
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise WorkFailure(f"cannot write {path}: {exc.strerror}") from None
+                fd = self._file.finish()
+                try:
+                    if self._sha256 is not None:
+                        st = os.fstat(fd)
+                        with contextlib.suppress(OSError):  # no user xattrs here: outputs are rewritten
+                            os.setxattr(fd, _WRITTEN_XATTR, f"{self._sha256}:{st.st_size}:{st.st_mtime_ns}".encode())
+                finally:
+                    os.close(fd)
+                os.replace(self._tmp, self.path)
+            except BaseException:
+                self._tmp.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise WorkFailure(f"cannot write {self.path}: {exc.strerror}") from None
+
+    def abandon(self) -> None:
+        self._file.abandon()
+        self._tmp.unlink(missing_ok=True)

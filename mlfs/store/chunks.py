@@ -47,7 +47,7 @@ import xxhash
 
 from mlfs.errors import ChunkIntegrityError, StoreError
 from mlfs.procs import process_alive, process_start_time
-from mlfs.store.direct_io import DirectWriter
+from mlfs.store.direct_io import DirectWriter, PendingFile
 
 log = logging.getLogger(__name__)
 
@@ -243,22 +243,37 @@ class ChunkStore:
         view = memoryview(data)[:size]
         try:
             # O_DIRECT needs a page-aligned buffer: the fetcher's pooled buffers are mmaps.
-            fd = self._writer.create(tmp, view, aligned)
-            try:
-                if self._xattrs:
-                    try:
-                        os.setxattr(fd, _XATTR, f"{digest}:{xxhash.xxh3_128_hexdigest(view)}".encode())
-                    except OSError as exc:
-                        if exc.errno in _FULL:
-                            raise
-                        self._xattrs = False
-            finally:
-                os.close(fd)
-            self._publish(tmp, digest, size)
+            self._seal(tmp, digest, view, self._writer.create(tmp, view, aligned))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+
+    def _seal(self, tmp: Path, digest: str, view: memoryview, fd: int) -> None:
+        """Mark a written temp file with its checksums, close it and publish it."""
+        try:
+            if self._xattrs:
+                try:
+                    os.setxattr(fd, _XATTR, f"{digest}:{xxhash.xxh3_128_hexdigest(view)}".encode())
+                except OSError as exc:
+                    if exc.errno in _FULL:
+                        raise
+                    self._xattrs = False
+        finally:
+            os.close(fd)
+        self._publish(tmp, digest, len(view))
+
+    def begin_verified(self, digest: str, data: memoryview | bytes | mmap.mmap, size: int,
+                       aligned: bool = False) -> PendingChunk | None:
+        """`put_verified` in two steps, for a caller that overlaps the disk write with
+        other work: None when the chunk is already stored; else the temp file is created
+        now, `bulk()` writes it (on any thread) and `commit()` (on this one) stores it."""
+        if self.contains(digest):
+            return None
+        tmp = self.tmp_dir / _temp_name()
+        view = memoryview(data)[:size]
+        return PendingChunk(self, digest, view, aligned, tmp,
+                            self._writer.begin(tmp, view, aligned or isinstance(data, mmap.mmap)))
 
     def _publish(self, tmp: Path, digest: str, size: int, durable: bool = False) -> None:
         """Rename a complete temp file into place, pinning it first if its owner asked.
@@ -746,3 +761,34 @@ _PID_NAMESPACE = _pid_namespace()
 def _temp_name() -> str:
     # "PID@PIDNS.THREAD.NS": clean_dead_writers reads the writer back from the name.
     return f"{os.getpid()}@{_PID_NAMESPACE}.{threading.get_ident()}.{time.monotonic_ns()}"
+
+
+class PendingChunk:
+    """A chunk being stored in two steps (see `ChunkStore.begin_verified`)."""
+
+    def __init__(self, store: ChunkStore, digest: str, view: memoryview, aligned: bool, tmp: Path,
+                 file: PendingFile) -> None:
+        self._store, self._digest, self._view, self._aligned = store, digest, view, aligned
+        self._tmp, self._file = tmp, file
+
+    def bulk(self) -> None:
+        self._file.bulk()
+
+    def commit(self) -> bool:
+        """Finish and publish the chunk; False when the disk is full even after eviction
+        (as `put_verified`)."""
+        try:
+            self._store._seal(self._tmp, self._digest, self._view, self._file.finish())
+            return True
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+            if not isinstance(exc, OSError) or exc.errno not in _FULL:
+                raise
+        # The disk filled up: the one-step path evicts and tries again.
+        return self._store.put_verified(self._digest, self._view, len(self._view), self._aligned)
+
+    def abandon(self) -> None:
+        self._file.abandon()
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()

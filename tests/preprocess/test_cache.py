@@ -360,3 +360,47 @@ def test_no_record_is_lost_to_compactions_racing_appenders(tmp_path: Path,
     fresh = ResultCache(ChunkStore(tmp_path))
     missing = [f"{p}{i}" for p in "ab" for i in range(300) if fresh.describe(f"e{p}{i:062x}") is None]
     assert missing == [], f"records lost to a compaction: {missing[:10]}"
+
+
+def _aligned_bytes(data: bytes) -> memoryview:
+    import mmap
+
+    buf = mmap.mmap(-1, len(data))
+    buf[:] = data
+    return memoryview(buf)
+
+
+@pytest.mark.parametrize("full_writes", [1, pytest.param(99, marks=pytest.mark.expect_warnings)])
+def test_a_two_step_put_meeting_a_full_disk_leaves_no_partial_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full_writes: int) -> None:
+    """The disk fills during the bulk write: the commit evicts and tries once more (as a
+    one-step put); if the disk is still full, nothing is recorded and no temp file stays."""
+    import hashlib
+    import os
+
+    from mlfs.store import direct_io
+
+    data = _aligned_bytes(os.urandom(3 * 4096 + 40))
+    digest = hashlib.sha256(data).hexdigest()
+    cache = ResultCache(ChunkStore(tmp_path))
+    pending = cache.begin_put(KEY, data, want_md5=False, aligned=True, sha256=digest)
+    real_write = os.write
+    failures = []
+
+    def filling(fd: int, piece: object) -> int:
+        if len(failures) < full_writes:
+            failures.append(fd)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, piece)
+
+    monkeypatch.setattr(direct_io.os, "write", filling)
+    pending.bulk()
+    if full_writes == 1:
+        entry = pending.commit()
+        assert cache.read(entry) == bytes(data), "the retried put must store the whole result"
+    else:
+        with pytest.raises(OSError) as raised:
+            pending.commit()
+        assert raised.value.errno == errno.ENOSPC, "a disk that stays full must be reported as full"
+        assert cache.describe(KEY) is None, "a result that could not be stored must not be recorded"
+    assert list(cache.store.tmp_dir.iterdir()) == [], "no temp file may stay behind"

@@ -59,3 +59,33 @@ def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         DirectWriter().create(tmp_path / "f", _aligned(b"new"), aligned=True)
     assert (tmp_path / "f").read_bytes() == b"old", "create must not touch an existing file"
+
+
+def test_two_step_write_finishes_what_another_thread_began(tmp_path: Path) -> None:
+    import threading
+
+    data = os.urandom(5 * ALIGN + 123)
+    pending = DirectWriter().begin(tmp_path / "f", _aligned(data), aligned=True)
+    helper = threading.Thread(target=pending.bulk)
+    helper.start()
+    helper.join(10)
+    os.close(pending.finish())
+    assert (tmp_path / "f").read_bytes() == data, "bulk on one thread and finish on another must write every byte"
+
+
+def test_an_error_in_the_bulk_write_is_raised_by_finish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pending = DirectWriter().begin(tmp_path / "f", _aligned(os.urandom(3 * ALIGN)), aligned=True)
+    real_write = os.write
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    pending.bulk()  # on a helper thread this must not raise: the creating thread hears of it
+    monkeypatch.setattr(os, "write", real_write)
+    with pytest.raises(OSError) as raised:
+        pending.finish()
+    assert raised.value.errno == errno.ENOSPC, "finish must raise the error the bulk write met"
+    with pytest.raises(OSError) as closed:
+        os.fstat(pending.fd)
+    assert closed.value.errno == errno.EBADF, "a failed finish must close the file"
