@@ -194,7 +194,20 @@ class Run:
         # 0.75 ms of CPU an image, a sixth of what the image work costs). Batches stay
         # small enough that every I/O thread and every worker has some.
         size = max(1, min(BATCH, len(planned) // (self.io_threads * 2)))
-        return [planned[i:i + size] for i in range(0, len(planned), size)]
+        # The first batches grow from one input, so that each worker starts on the first
+        # image read rather than once a whole batch is (the I/O threads read theirs at
+        # once, sharing the interpreter); the last ones shrink again, so that the workers
+        # finish together instead of one idling while the other ends a full batch.
+        ramp = [n for n in (1, 2, 4) if n < size for _ in range(self.workers)]
+        middle = len(planned) - 2 * sum(ramp)
+        if middle < 0:
+            ramp, middle = [], len(planned)
+        sizes = ramp + [size] * (middle // size) + ([middle % size] if middle % size else []) + ramp[::-1]
+        batches, at = [], 0
+        for n in sizes:
+            batches.append(planned[at:at + n])
+            at += n
+        return batches
 
     def _handle(self, batch: list[tuple[InputItem, str]]) -> None:
         pending: list[tuple[InputItem, str, Job]] = []

@@ -48,7 +48,7 @@ class Job:
 
 _BUFFER_STEP = 16 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
-_SLOTS = 2  # results whose writes may be in flight while the next image is computed
+_SLOTS = 3  # results whose writes may be in flight while the next image is computed
 _buffers: list[mmap.mmap | None] = [None] * _SLOTS  # this process's page-aligned staging buffers
 
 
