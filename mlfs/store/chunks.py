@@ -55,6 +55,8 @@ _XATTR = "user.mlfs.xxh3"
 _TEMP_MAX_AGE = 3600.0  # temp files older than this belong to dead writers
 _TOUCH_INTERVAL = 60.0  # refresh a chunk's LRU timestamp at most this often
 _MIN_FREE_FRACTION = 0.05  # without a budget, keep this much of the filesystem free
+# An eviction frees up to this fraction more than it must (of the budget, or of the disk).
+_SLACK_OF_BUDGET, _SLACK_OF_DISK = 32, 200
 _IDLE_FDS = 32  # descriptors kept open after their last read (no lock held while idle)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 # A store holding the only copy of its data (the gateway's) carries this marker. Its
@@ -366,20 +368,24 @@ class ChunkStore:
         if self.budget is None:
             du = shutil.disk_usage(self.root)
             need = int(du.total * _MIN_FREE_FRACTION) - du.free
-        else:
-            if self._read_usage() <= self.budget:
-                return
-            need = None
-        if need is not None and need <= 0:
-            return
-        self._evict(need)
+            if need > 0:
+                self._evict(need, du.total // _SLACK_OF_DISK)
+        elif self._read_usage() > self.budget:
+            self._evict(None, self.budget // _SLACK_OF_BUDGET)
 
     def evict_for_space(self, need: int) -> None:
         """Free at least `need` bytes if anything can go (the disk is full), budget or not."""
-        self._evict(need)
+        self._evict(need, shutil.disk_usage(self.root).total // _SLACK_OF_DISK)
 
-    def _evict(self, need: int | None) -> None:
-        """Evict until `need` bytes are freed, or (None) until usage fits the budget."""
+    def _evict(self, need: int | None, slack: int) -> None:
+        """Evict until `need` bytes are freed, or (None) until usage fits the budget; then
+        on while that frees no more than `slack` bytes beyond it.
+
+        An eviction lists and stats every chunk of the store. Stopping exactly at the
+        limit left the next chunk stored over it again: a full store scanned itself once
+        for every chunk written (measured: a preprocessing run on a disk 5 % from full
+        spent 40 % of its time listing the store). The slack spaces the scans out.
+        """
         if self.authoritative and not (self.pins_dir / _AUTHORITATIVE_PINS / _PINS_COMPLETE).exists():
             return  # the owner has not said which chunks are its data yet
         self._clean_dead_pins()
@@ -398,7 +404,7 @@ class ChunkStore:
             target = total - need if need is not None else self.budget
             assert target is not None
             for _mtime, digest, size, nlink, f in entries:
-                if total <= target:
+                if total <= target and total - size < target - slack:
                     break
                 if nlink > 1 or digest in self._pinned:
                     self._skipped_pinned += 1

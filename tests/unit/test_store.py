@@ -97,6 +97,22 @@ def test_lru_eviction_keeps_pinned_and_recent(tmp_path: Path) -> None:
     assert store.statistics().bytes <= 64 * MIB
 
 
+def test_a_full_store_does_not_scan_itself_for_every_chunk_written(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each eviction lists and stats the whole store; it frees a little more than it
+    # must (1/32 of the budget) so that the next few chunks fit without another.
+    store = ChunkStore(tmp_path, budget=64 * 64 * 1024)
+    for i in range(64):
+        store.put_bytes(i.to_bytes(4, "big") * (16 * 1024))  # 64 KiB each: the budget exactly
+    scans = []
+    real_evict = store._evict
+    monkeypatch.setattr(store, "_evict", lambda need, slack: (scans.append(need), real_evict(need, slack)))
+    for i in range(64, 128):
+        store.put_bytes(i.to_bytes(4, "big") * (16 * 1024))
+    assert store.statistics().bytes <= 64 * 64 * 1024, "the store must stay within its budget"
+    assert len(scans) <= 22, f"64 chunks written over the budget caused {len(scans)} scans of the store"
+
+
 def test_stale_temp_files_are_cleaned(tmp_path: Path) -> None:
     store = ChunkStore(tmp_path)
     old = store.tmp_dir / "dead-writer"
