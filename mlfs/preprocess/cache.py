@@ -263,8 +263,11 @@ class ResultCache:
         # the result is computed again; a torn result is never served.
         digest = digest or hashlib.sha256(piece).hexdigest()
         if not self.store.put_verified(digest, piece, len(piece), aligned):
-            raise OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
+            raise self._full()
         return digest
+
+    def _full(self) -> OSError:
+        return OSError(errno.ENOSPC, f"chunk store {self.store.root} is full")
 
     def entries(self) -> Iterator[CachedResult]:
         for name in LOG_NAMES:
@@ -341,7 +344,7 @@ class PendingResult:
             return self._cache.put(self._key, self._view, self._want_md5, self._aligned, self._sha256)
         assert self._sha256 is not None
         if self._chunk is not None and not self._chunk.commit():
-            raise OSError(errno.ENOSPC, f"chunk store {self._cache.store.root} is full")
+            raise self._cache._full()
         return self._cache._record_entry(self._key, self._view, self._want_md5, (self._sha256,), self._sha256)
 
     def abandon(self) -> None:

@@ -274,8 +274,8 @@ class ChunkStore:
             return None
         tmp = self.tmp_dir / _temp_name()
         view = memoryview(data)[:size]
-        return PendingChunk(self, digest, view, aligned, tmp,
-                            self._writer.begin(tmp, view, aligned or isinstance(data, mmap.mmap)))
+        aligned = aligned or isinstance(data, mmap.mmap)
+        return PendingChunk(self, digest, view, aligned, tmp, self._writer.begin(tmp, view, aligned))
 
     def _publish(self, tmp: Path, digest: str, size: int, durable: bool = False) -> None:
         """Rename a complete temp file into place, pinning it first if its owner asked.
