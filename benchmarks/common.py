@@ -42,6 +42,16 @@ def read_sequential(path: Path, block: int = MIB) -> int:
     return total
 
 
+def drop_caches() -> bool:
+    """Write back and drop the page cache (root only); False where that is not allowed."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
 def timed(fn: Callable[[], int]) -> tuple[float, int]:
     t0 = time.perf_counter()
     n = fn()

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MIB, make_random_file  # noqa: E402
+from benchmarks.common import MIB, drop_caches, make_random_file  # noqa: E402
 from tests.mlfs_cli import daemon_pid, mlfs, mounted  # noqa: E402
 from tests.servers import ACCESS_KEY, SECRET_KEY, S3Server, start_seaweedfs  # noqa: E402
 
@@ -49,15 +49,6 @@ RANDOM_READS = 256
 
 
 # ------------------------------------------------------------------ measuring
-def drop_caches() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
