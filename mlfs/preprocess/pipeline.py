@@ -88,20 +88,29 @@ class Pipeline:
 
     def result_key(self, input_sha256: str) -> str:
         """The cache key of one input's result: SHA-256 over the per-image pipeline and the input digest."""
-        h = self._key_prefix.copy()
-        h.update(b"\0" + input_sha256.encode())
-        return h.hexdigest()
+        return result_key(self._sample_json, input_sha256)
 
     @functools.cached_property
-    def _key_prefix(self) -> Any:
-        # Hashed once per pipeline, not once per input.
-        h = hashlib.sha256(b"mlfs.preprocess.result/1\0")
-        h.update(self.sample_json().encode())
-        return h
+    def _sample_json(self) -> str:
+        return self.sample_json()
 
     def to_document(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed,
                 "steps": [{s.name: s.params} for s in self.steps]}
+
+
+def result_key(sample_json: str, input_sha256: str) -> str:
+    """`Pipeline.result_key` from the per-image pipeline's canonical JSON (what a worker
+    process is given)."""
+    h = _key_prefix(sample_json).copy()
+    h.update(b"\0" + input_sha256.encode())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _key_prefix(sample_json: str) -> Any:
+    # Hashed once per pipeline, not once per input.
+    return hashlib.sha256(b"mlfs.preprocess.result/1\0" + sample_json.encode())
 
 
 # ---------------------------------------------------------------------- loading

@@ -37,11 +37,12 @@ from mlfs.preprocess.locations import (
     LocalOutput,
     S3Input,
     S3Output,
+    check_size,
     verify_digest,
 )
 from mlfs.preprocess.pipeline import Pipeline
 from mlfs.preprocess.steps import ImageFailure, output_suffix, prepare
-from mlfs.preprocess.work import Job, Outcome, compute, compute_many, prepare_worker
+from mlfs.preprocess.work import Done, Failed, Job, Outcome, compute, compute_many, prepare_worker
 
 MAX_FAILURES_KEPT = 1000
 BATCH = 8  # inputs per hand-off to an I/O thread and per worker call
@@ -132,6 +133,9 @@ class Run:
         self._shards = out.name == "arrays" and out.params["format"] == "safetensors"
         self._suffix = output_suffix(out.params)
         self._sample_json = pipeline.sample_json()
+        # From local files to local files, workers read, hash and look up each input
+        # themselves (see `work`); shards are put together here from cached results.
+        self._lookup_in_workers = local and not self._shards
         self._results: dict[str, CachedResult] = {}
         self._pool: ProcessPoolExecutor | None = None
         self._suspects = threading.Lock()
@@ -224,17 +228,26 @@ class Run:
         if not pending:
             return
         for (item, out, job), outcome in zip(pending, self._compute([job for _, _, job in pending]), strict=True):
-            if isinstance(outcome, Exception):  # the image failed, or its result could not be stored
-                self._fail(item, str(outcome))
+            if outcome.decoded:
+                self._count("decoded")
+            if isinstance(outcome, Failed):  # the image failed, or its result could not be stored
+                self._fail(item, outcome.reason)
                 continue
             try:
-                self._computed(out, job, *outcome)
+                self._computed(out, job, outcome)
             except (InputError, ImageFailure) as exc:
                 self._fail(item, str(exc))
 
     def _one(self, item: InputItem, out: str) -> Job | None:
         """Everything for one input up to the image work: the job for a worker, or None
         when the input was served from the cache."""
+        if self._lookup_in_workers:
+            assert isinstance(self.source, LocalInput) and isinstance(self.output, LocalOutput)
+            check_size(item)
+            self.source.prefetch(item)  # read from the disk while the worker finishes earlier images
+            return Job(self._sample_json, None, str(self.source.root / item.rel), None, item.size, None,
+                       str(self.cache.store.root), self.cache.store.budget, want_md5=False,
+                       out_path=str(self.output.path_of(out)), return_bytes=False)
         data: bytes | None = None
         digest = item.sha256
         if digest is None:
@@ -263,7 +276,6 @@ class Run:
         if data is None:
             data = self.source.read(item)
             verify_digest(item, data)
-        self._count("decoded")
         # The worker caches the result and writes a local output itself.
         local = self.output.path_of(out) if isinstance(self.output, LocalOutput) and not self._shards else None
         # A local input is read again by the worker (from the page cache) instead of
@@ -274,12 +286,15 @@ class Run:
                    want_md5=isinstance(self.output, S3Output), out_path=None if local is None else str(local),
                    return_bytes=isinstance(self.output, S3Output) and not self._shards)
 
-    def _computed(self, out: str, job: Job, entry: CachedResult, result: bytes | None) -> None:
-        self._count("done")
+    def _computed(self, out: str, job: Job, done: Done) -> None:
+        self._count("done" if done.decoded else "cached")
         if job.out_path is not None:
-            self.output.written_elsewhere(out)
+            if done.written:
+                self.output.written_elsewhere(out)
+            else:
+                self.output.keep(out, done.entry)
             return
-        self._deliver(out, entry, result)
+        self._deliver(out, done.entry, done.data)
 
     def _deliver(self, out: str, entry: CachedResult, result: bytes | None) -> None:
         """Put a result (its bytes, if already at hand) into the destination."""
@@ -317,7 +332,7 @@ class Run:
                 try:
                     outcomes.extend(alone.submit(compute_many, compute, [job]).result())
                 except BrokenProcessPool:
-                    outcomes.append(ImageFailure("a worker process died while processing it"))
+                    outcomes.append(Failed("a worker process died while processing it", True))
         return outcomes
 
     def _workers(self) -> ProcessPoolExecutor:

@@ -176,6 +176,60 @@ def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(
     assert (dest / "2.webp").read_bytes() == original, "the changed output must hold the result again"
 
 
+def test_a_local_rerun_recomputes_a_failed_input_and_takes_the_rest_from_the_cache(tmp_path: Path) -> None:
+    src = _png_dir(tmp_path / "images", 4, 50)
+    (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a PNG signature, then nothing valid
+    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
+    dest = tmp_path / "out"
+
+    def run():  # type: ignore[no-untyped-def]
+        return Run(pipeline, LocalInput(str(src)), LocalOutput(str(dest)),
+                   ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
+
+    first = run()
+    assert (first.done, first.failed, first.decoded) == (4, 1, 5), "the bad input is handed to decode too"
+    (dest / "1.webp").unlink()
+    again = run()
+    assert (again.done, again.cached, again.failed, again.decoded, again.written) == (0, 4, 1, 1, 1), \
+        "only the bad input is decoded again; the deleted output is written from the cache"
+    assert [reason for _, reason in again.failures] == [reason for _, reason in first.failures]
+
+
+def _lookup_job(pipeline, src: Path, cache: ResultCache, out: Path, size: int):  # type: ignore[no-untyped-def]
+    from mlfs.preprocess.work import Job
+
+    return Job(pipeline.sample_json(), None, str(src), None, size, None, str(cache.store.root), None,
+               want_md5=False, out_path=str(out), return_bytes=False)
+
+
+def test_a_worker_looks_a_local_input_up_in_the_cache_itself(tmp_path: Path) -> None:
+    import hashlib
+
+    from mlfs.preprocess.work import Failed, compute, compute_many
+
+    src = _png_dir(tmp_path / "images", 2, 40)
+    cache = ResultCache(ChunkStore(tmp_path / "cache"))
+    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
+    size = (src / "0.png").stat().st_size
+    job = _lookup_job(pipeline, src / "0.png", cache, tmp_path / "0.webp", size)
+    first = compute(job)
+    key = pipeline.result_key(hashlib.sha256((src / "0.png").read_bytes()).hexdigest())
+    assert (first.decoded, first.written, first.entry.key) == (True, True, key), \
+        "a miss is computed and cached under the key the parent would use"
+    assert compute(job) == type(first)(first.entry, None, decoded=False, written=False), \
+        "an output already holding the cached result is left alone"
+    (tmp_path / "0.webp").unlink()
+    assert compute(job).written and (tmp_path / "0.webp").read_bytes() == cache.read(first.entry), \
+        "a missing output is written from the cache without decoding"
+    listed_smaller = _lookup_job(pipeline, src / "1.png", cache, tmp_path / "1.webp", size - 1)
+    gone = _lookup_job(pipeline, src / "gone.png", cache, tmp_path / "gone.webp", size)
+    assert compute_many(compute, [listed_smaller, gone]) == [
+        Failed("it changed while the run was reading it; run again", False),
+        Failed("cannot read: No such file or directory", False),
+    ], "an input that cannot be read as listed fails before decoding"
+    assert not (tmp_path / "1.webp").exists() and cache.stats()["results"] == 1, "nothing may be kept for them"
+
+
 def _log_records(root: Path, name: str) -> int:
     """Result and drop records in one log (its first line names its generation)."""
     lines = (root / "preprocess" / "results" / f"{name}.log").read_bytes().split(b"\n")
