@@ -6,7 +6,8 @@ of I/O threads in this process: look the result up in the cache (by the listing'
 digest when the source knows it, so a cached input is not even downloaded), else
 download, hand the bytes to a worker, store the result in the cache, and write it out.
 There are more I/O threads than workers, so workers always have images waiting while
-downloads and uploads are in flight.
+downloads and uploads are in flight. From local files to local files, a worker does
+all of it for each input it is handed (see `work`), and this process only hands out paths.
 
 A failing input (corrupt, hostile, unreadable) is recorded with its reason and the run
 goes on; nothing is cached for it.
