@@ -312,20 +312,27 @@ def _write_threads() -> ThreadPoolExecutor:
 _writer = DirectWriter()
 
 
-# On a written output: the SHA-256 of what was written, its size and modification time.
-# A re-run finds an output that still matches the result it would write and leaves it
-# alone; a file changed since (its mtime moved) is written again.
+# On a written output: the first 128 bits of the SHA-256 of what was written, and its
+# modification time; its size is checked too. A re-run finds an output that still
+# matches the result it would write and leaves it alone; a file changed since (its mtime
+# moved) is written again. Short enough (at most 52 bytes) to be kept inside the inode on
+# ext4 with 256-byte inodes, where a longer value costs each output a 4 KiB block of its
+# own, written with it and read back by the re-run's check.
 _WRITTEN_XATTR = "user.mlfs.result"
+
+
+def _written_mark(sha256: str, mtime_ns: int) -> bytes:
+    return f"{sha256[:32]}:{mtime_ns}".encode()
 
 
 def holds(path: Path, sha256: str, size: int) -> bool:
     """True when `path` is an output written with exactly these bytes and unchanged since."""
     try:
         st = os.stat(path)
-        mark = os.getxattr(path, _WRITTEN_XATTR).decode()
-    except (OSError, UnicodeDecodeError):
+        mark = os.getxattr(path, _WRITTEN_XATTR)
+    except OSError:
         return False
-    return st.st_size == size and mark == f"{sha256}:{size}:{st.st_mtime_ns}"
+    return st.st_size == size and mark == _written_mark(sha256, st.st_mtime_ns)
 
 
 def write_atomically(path: Path, data: bytes | memoryview, aligned: bool = False, sha256: str | None = None) -> None:
@@ -371,9 +378,9 @@ class OutputWrite:
                 fd = self._file.finish()
                 try:
                     if self._sha256 is not None:
-                        st = os.fstat(fd)
+                        mtime_ns = os.fstat(fd).st_mtime_ns
                         with contextlib.suppress(OSError):  # no user xattrs here: outputs are rewritten
-                            os.setxattr(fd, _WRITTEN_XATTR, f"{self._sha256}:{st.st_size}:{st.st_mtime_ns}".encode())
+                            os.setxattr(fd, _WRITTEN_XATTR, _written_mark(self._sha256, mtime_ns))
                 finally:
                     os.close(fd)
                 os.replace(self._tmp, self.path)

@@ -18,10 +18,11 @@ Sharing is safe because every decision that spans processes lives in the file sy
 - **Descriptors** are reference-counted: eviction of a chunk never closes a descriptor
   a read still uses (a reused descriptor number would return another chunk's bytes).
 
-Disk corruption is caught cheaply: each chunk carries its SHA-256 name and xxh3-128 in an
-extended attribute (the name too, so a chunk file moved or copied under another chunk's
-name is caught as well as damaged bytes), checked the first time a process uses the chunk (falling back to a SHA-256
-re-hash where xattrs are unsupported). A chunk that fails is moved to `quarantine/`
+Disk corruption is caught cheaply: each chunk carries the start of its SHA-256 name and
+its xxh3-128 in an extended attribute (the name too, so a chunk file moved or copied
+under another chunk's name is caught as well as damaged bytes), checked the first time
+a process uses the chunk (falling back to a SHA-256 re-hash where xattrs are
+unsupported). A chunk that fails is moved to `quarantine/`
 and reported missing, so the caller fetches it again.
 """
 
@@ -51,7 +52,15 @@ from mlfs.store.direct_io import DirectWriter, PendingFile
 
 log = logging.getLogger(__name__)
 
-_XATTR = "user.mlfs.xxh3"
+# A chunk's mark: "<first 16 hex digits of its SHA-256 name>:<xxh3-128>", 49 bytes. ext4
+# with 256-byte inodes keeps a value of up to 60 bytes inside the inode; a longer one
+# costs every chunk a 4 KiB xattr block of its own, written when the chunk is stored and
+# read back when it is checked. Stores written before carry "<whole name>:<xxh3-128>"
+# under the older attribute, which is still read; an older mlfs sharing the store finds
+# no mark of its kind on newer chunks and checks them with SHA-256 instead.
+_XATTR = "user.mlfs.chunk"
+_NAME_IN_MARK = 16
+_OLD_XATTR = "user.mlfs.xxh3"
 _TEMP_MAX_AGE = 3600.0  # temp files older than this belong to dead writers
 _TOUCH_INTERVAL = 60.0  # refresh a chunk's LRU timestamp at most this often
 _MIN_FREE_FRACTION = 0.05  # without a budget, keep this much of the filesystem free
@@ -256,7 +265,7 @@ class ChunkStore:
         try:
             if self._xattrs:
                 try:
-                    os.setxattr(fd, _XATTR, f"{digest}:{xxhash.xxh3_128_hexdigest(view)}".encode())
+                    os.setxattr(fd, _XATTR, _mark(digest, xxhash.xxh3_128_hexdigest(view)))
                 except OSError as exc:
                     if exc.errno in _FULL:
                         raise
@@ -482,21 +491,23 @@ class ChunkStore:
 
     # -------------------------------------------------------------- internals
     def _check(self, p: Path, digest: str) -> bool:
-        if self._xattrs:
+        for attribute, name in ((_XATTR, digest[:_NAME_IN_MARK]), (_OLD_XATTR, digest)):
+            if not self._xattrs:
+                break
             try:
-                want = os.getxattr(p, _XATTR).decode()
+                mark = os.getxattr(p, attribute).decode(errors="replace")
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     raise FileNotFoundError(p) from None
                 if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
                     self._xattrs = False
-                want = None
-            if want is not None:
-                # "<sha256>:<xxh3>": the checksum is only worth trusting for this name.
-                # Anything else (a bare xxh3 of an older store) falls back to SHA-256.
-                named, _, xxh = want.partition(":")
-                if xxh:
-                    return named == digest and _file_digest(p, xxhash.xxh3_128) == xxh
+                continue
+            # "<name>:<xxh3>": the checksum is only worth trusting for this name.
+            # Anything else (a bare xxh3 of an older store) falls back to SHA-256.
+            named, _, xxh = mark.partition(":")
+            if xxh:
+                return named == name and _file_digest(p, xxhash.xxh3_128) == xxh
+            break
         return _file_digest(p, hashlib.sha256) == digest
 
     def _acquire(self, digest: str) -> _Handle:
@@ -713,7 +724,7 @@ class ChunkWriter:
         os.fsync(self._fh.fileno())
         if self.store._xattrs:
             try:
-                os.setxattr(self._tmp, _XATTR, f"{digest}:{self._xxh.hexdigest()}".encode())
+                os.setxattr(self._tmp, _XATTR, _mark(digest, self._xxh.hexdigest()))
             except OSError:
                 self.store._xattrs = False
         self._fh.close()
@@ -762,6 +773,11 @@ def _pid_namespace() -> str:
 
 
 _PID_NAMESPACE = _pid_namespace()
+
+
+def _mark(digest: str, xxh3: str) -> bytes:
+    """A chunk's xattr value (see `_NAME_IN_MARK`)."""
+    return f"{digest[:_NAME_IN_MARK]}:{xxh3}".encode()
 
 
 def _temp_name() -> str:

@@ -230,6 +230,22 @@ def test_a_worker_looks_a_local_input_up_in_the_cache_itself(tmp_path: Path) -> 
     assert not (tmp_path / "1.webp").exists() and cache.stats()["results"] == 1, "nothing may be kept for them"
 
 
+def test_an_outputs_mark_fits_in_the_inode(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from mlfs.preprocess.work import holds, write_atomically
+
+    data = b"a result" * 1000
+    sha256 = hashlib.sha256(data).hexdigest()
+    write_atomically(tmp_path / "out.npy", data, sha256=sha256)
+    mark = os.getxattr(tmp_path / "out.npy", "user.mlfs.result")
+    assert len(mark) <= 60, "ext4 keeps at most 60 bytes of value inside a 256-byte inode"
+    assert holds(tmp_path / "out.npy", sha256, len(data))
+    assert not holds(tmp_path / "out.npy", hashlib.sha256(b"other").hexdigest(), len(data))
+    assert not holds(tmp_path / "out.npy", sha256, len(data) + 1)
+
+
 def _log_records(root: Path, name: str) -> int:
     """Result and drop records in one log (its first line names its generation)."""
     lines = (root / "preprocess" / "results" / f"{name}.log").read_bytes().split(b"\n")

@@ -52,7 +52,7 @@ def test_corruption_is_detected_and_quarantined(tmp_path: Path, xattrs: bool) ->
     digest = store.put_bytes(data)
     p = store.path(digest)
     if not xattrs:
-        os.removexattr(p, "user.mlfs.xxh3")
+        os.removexattr(p, "user.mlfs.chunk")
     with open(p, "r+b") as fh:
         fh.seek(100)
         fh.write(bytes([data[100] ^ 0xFF]))  # a byte that differs, whatever the random data
@@ -63,6 +63,23 @@ def test_corruption_is_detected_and_quarantined(tmp_path: Path, xattrs: bool) ->
     assert not fresh.contains(digest)
     assert len(list(fresh.quarantine_dir.iterdir())) == 1
     assert fresh.statistics().quarantined_chunks == 1
+
+
+def test_a_chunks_mark_fits_in_the_inode_and_older_marks_still_count(tmp_path: Path) -> None:
+    import xxhash
+
+    store = ChunkStore(tmp_path)
+    data = os.urandom(4096)
+    digest = store.put_bytes(data)
+    p = store.path(digest)
+    mark = os.getxattr(p, "user.mlfs.chunk")
+    # ext4 keeps at most 60 bytes of value inside a 256-byte inode.
+    assert mark == f"{digest[:16]}:{xxhash.xxh3_128_hexdigest(data)}".encode() and len(mark) <= 60
+    os.removexattr(p, "user.mlfs.chunk")
+    os.setxattr(p, "user.mlfs.xxh3", f"{digest}:{xxhash.xxh3_128_hexdigest(data)}".encode())
+    assert ChunkStore(tmp_path).ensure_verified(digest) is True, "an older store's mark must still count"
+    os.setxattr(p, "user.mlfs.xxh3", f"{digest}:{'0' * 32}".encode())
+    assert ChunkStore(tmp_path)._check(p, digest) is False, "an older store's mark must still be checked"
 
 
 @pytest.mark.expect_warnings
