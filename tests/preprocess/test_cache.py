@@ -156,22 +156,22 @@ def test_a_record_cut_short_damages_no_other_record(tmp_path: Path) -> None:
     assert fresh.stats()["results"] == 2, "the torn record must be skipped"
 
 
+def _local_run(tmp_path: Path, src: Path):  # type: ignore[no-untyped-def]
+    """A 2-worker thumbnail run from `src` into `tmp_path/out`, cached in `tmp_path/cache`."""
+    return Run(load_pipeline("thumbnail-webp", ["resize.size=4"]), LocalInput(str(src)),
+               LocalOutput(str(tmp_path / "out")), ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
+
+
 def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(tmp_path: Path) -> None:
     src = _png_dir(tmp_path / "images", 4, 50)
-    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
     dest = tmp_path / "out"
-
-    def run():  # type: ignore[no-untyped-def]
-        return Run(pipeline, LocalInput(str(src)), LocalOutput(str(dest)),
-                   ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
-
-    first = run()
+    first = _local_run(tmp_path, src)
     assert (first.done, first.written) == (4, 4)
     original = (dest / "2.webp").read_bytes()
-    again = run()
+    again = _local_run(tmp_path, src)
     assert (again.cached, again.decoded, again.written) == (4, 0, 0), "identical outputs must not be written again"
     (dest / "2.webp").write_bytes(b"edited by hand")
-    third = run()
+    third = _local_run(tmp_path, src)
     assert (third.cached, third.decoded, third.written) == (4, 0, 1), "only the changed output is written again"
     assert (dest / "2.webp").read_bytes() == original, "the changed output must hold the result again"
 
@@ -179,17 +179,10 @@ def test_a_rerun_leaves_identical_local_outputs_alone_and_rewrites_changed_ones(
 def test_a_local_rerun_recomputes_a_failed_input_and_takes_the_rest_from_the_cache(tmp_path: Path) -> None:
     src = _png_dir(tmp_path / "images", 4, 50)
     (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a PNG signature, then nothing valid
-    pipeline = load_pipeline("thumbnail-webp", ["resize.size=4"])
-    dest = tmp_path / "out"
-
-    def run():  # type: ignore[no-untyped-def]
-        return Run(pipeline, LocalInput(str(src)), LocalOutput(str(dest)),
-                   ResultCache(ChunkStore(tmp_path / "cache")), workers=2).run()
-
-    first = run()
+    first = _local_run(tmp_path, src)
     assert (first.done, first.failed, first.decoded) == (4, 1, 5), "the bad input is handed to decode too"
-    (dest / "1.webp").unlink()
-    again = run()
+    (tmp_path / "out" / "1.webp").unlink()
+    again = _local_run(tmp_path, src)
     assert (again.done, again.cached, again.failed, again.decoded, again.written) == (0, 4, 1, 1, 1), \
         "only the bad input is decoded again; the deleted output is written from the cache"
     assert [reason for _, reason in again.failures] == [reason for _, reason in first.failures]
