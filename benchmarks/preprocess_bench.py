@@ -73,9 +73,9 @@ def timed(fn, *args) -> tuple[float, int]:  # type: ignore[no-untyped-def]
     # Every timed run starts with a cold page cache: its inputs (and a re-run's cached
     # results) come from the disk, as on a machine that has not just made them. The
     # write-back first also keeps earlier rounds' outputs from slowing whichever run
-    # meets them (a gateway's fsyncs queue behind gigabytes of them).
-    if not drop_caches():
-        os.sync()
+    # meets them (a gateway's fsyncs queue behind gigabytes of them); where the cache
+    # cannot be dropped (not root), that write-back still happens.
+    drop_caches()
     t0 = time.perf_counter()
     result = fn(*args)
     n = result[0] if isinstance(result, tuple) else result

@@ -203,13 +203,12 @@ def _cached(job: Job, key: str) -> Done | None:
         return None
     if job.out_path is not None and holds(Path(job.out_path), known.sha256, known.size):
         return Done(known, None, decoded=False, written=False)
-    entry = cache.checked(known)
-    data = None if entry is None else cache.read(entry)
-    if entry is None or data is None:
-        return None  # its chunks are gone: computed again
+    data = cache.read(known)  # checks each chunk, then the whole result's SHA-256
+    if data is None:
+        return None  # its chunks are gone or damaged: computed again
     if job.out_path is not None:
-        write_atomically(Path(job.out_path), data, sha256=entry.sha256)
-    return Done(entry, data if job.return_bytes else None, decoded=False, written=job.out_path is not None)
+        write_atomically(Path(job.out_path), data, sha256=known.sha256)
+    return Done(known, data if job.return_bytes else None, decoded=False, written=job.out_path is not None)
 
 
 def _start(job: Job, inp: _Input, slot: int) -> Callable[[], Done]:
